@@ -1,0 +1,43 @@
+# Two commands: `make demo` (the main job on the embedded digits data) and `make test` (the suite).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install install-test demo test bench data clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch first, pinned to the CPU build on disk, and only when it is missing:
+# an unpinned torch would pull a multi-GB CUDA build.
+install: $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==$(TORCH_VERSION)
+	$(PIP) install --quiet -e .
+
+install-test: install
+	$(PIP) install --quiet -e ".[dev,ntref]"
+
+demo: install
+	$(VENV)/bin/npk demo
+
+# Real Fashion-MNIST files for the loader tests (Debian's package); best effort, the tests skip without it.
+data:
+	@test -d /usr/share/datasets/fashion-mnist || \
+	  ( command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) ) || \
+	  echo "note: Fashion-MNIST files not installed; loader tests on them will be skipped"
+
+test: install-test data
+	$(PY) -m pytest -q tests
+
+bench: install-test
+	$(PY) benchmarks/npk_fc.py
+	$(PY) benchmarks/conv_npk.py
+	$(PY) benchmarks/ntk.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

@@ -1,0 +1,209 @@
+"""The exact neural path kernel H(x, x') = <phi_x, phi_x'> by pair propagation over the op list.
+
+For a block of inputs X (n of them) and Y (m of them) we carry a pair kernel M of shape
+(n, m, *S, *S'), S the spatial shape of the stream (empty for dense layers):
+M(i, i') = sum over partial path classes s ending at positions i, i' of phi_x(s, i) phi_x'(s, i').
+
+    input            M(i, i') = sum_c x(i, c) x'(i', c)          (all-ones input: the channel count)
+    Linear dense     M <- M (+ 1 with a bias: the bias is a path starting at a constant-1 node)
+    Linear conv      M(i, i') <- sum_o M(i + o, i' + o) (+ 1)     o over kernel offsets; zero or wrap-around
+    Gate(l)          M <- ov_l * M,  ov_l(i, i') = sum_c G_l(x)(i, c) G_l(x')(i', c)
+    AvgPool(k)       M <- A M A'^T  (mean over k x k windows on both sides)
+    GlobalAvgPool    M <- mean over all (i, i')
+    Flatten          M <- sum_i M(i, i)  (a dense layer after it has position-specific weights)
+    Residual(block)  M <- M + block(M)   (paths that skip and paths through the block are disjoint)
+    Readout          H = M (+ 1)
+The fully connected case is H = (X X^T) * prod_l (G_l G_l^T) (elementwise), with +1 terms for biases.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from functools import singledispatch
+from typing import Sequence
+
+import torch
+
+from .. import graph
+from ..models.base import GatedNet, check_input
+
+DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for the pair kernel of one block
+
+
+def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, gates: str | None = None,
+             memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool | None = None) -> torch.Tensor:
+    """The NPK Gram matrix H[a, b] = <phi_{X_a}, phi_{Y_b}> of `model`'s gates, shape (N, M).
+
+    gates: None uses the model's own gates; "hard" / "soft" recomputes them from the same pre-activations.
+    The result has X's dtype and device (gates are computed in the model's dtype, then cast). Blocks of
+    sample pairs are sized so that the pair kernel of a block stays under `memory_budget` bytes.
+    """
+    if not isinstance(model, GatedNet):
+        raise TypeError(f"npk_gram needs an npk gated model (npk.models.*), got {type(model).__name__}; "
+                        f"wrap a ReLU nn.Sequential with npk.models.from_sequential")
+    X = check_input(X, model.input_shape, "X")
+    symmetric = Y is None
+    Y = X if symmetric else check_input(Y, model.input_shape, "Y")
+    if Y.dtype != X.dtype or Y.device != X.device:
+        raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
+    gx = _gates(model, X, gates)
+    gy = gx if symmetric else _gates(model, Y, gates)
+    block = block_size(model, X.element_size(), memory_budget)
+    H = torch.empty(len(X), len(Y), dtype=X.dtype, device=X.device)
+    pairs = [(r, c) for r in range(0, len(X), block) for c in range(0, len(Y), block) if not symmetric or c >= r]
+    bar = _progress(len(pairs), progress)
+    for r, c in pairs:
+        rs, cs = slice(r, r + block), slice(c, c + block)
+        H[rs, cs] = pair_kernel(model, X[rs], Y[cs], [g[rs] for g in gx], [g[cs] for g in gy])
+        if symmetric and c != r:
+            H[cs, rs] = H[rs, cs].T
+        bar.update()
+    bar.close()
+    return H
+
+
+def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[torch.Tensor],
+                gy: Sequence[torch.Tensor]) -> torch.Tensor:
+    """NPK of one block: propagate the input pair kernel through the model's op list."""
+    if model.value_input == "ones":
+        spatial = X.shape[2:]
+        M = torch.full((len(X), len(Y), *spatial, *spatial), float(X.shape[1]), dtype=X.dtype, device=X.device)
+    else:
+        M = overlap(X, Y)
+    return propagate(model.ops, M, _Context(gx, gy))
+
+
+class _Context:
+    """The gates of the two sides of a block, as the op rules read them."""
+
+    def __init__(self, gx, gy):
+        self.gx, self.gy = gx, gy
+
+
+def propagate(ops: Sequence[graph.Op], M: torch.Tensor, ctx: _Context) -> torch.Tensor:
+    for op in ops:
+        M = pair_rule(op, M, ctx)
+    return M
+
+
+def overlap(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """ov(i, i') = sum_c A(i, c) B(i', c) for A (n, C, *S), B (m, C, *S): shape (n, m, *S, *S)."""
+    n, m, C, spatial = len(A), len(B), A.shape[1], A.shape[2:]
+    if not spatial:
+        return A @ B.T
+    P = math.prod(spatial)
+    a = A.reshape(n, C, P).transpose(1, 2).reshape(n * P, C)
+    b = B.reshape(m, C, P).transpose(1, 2).reshape(m * P, C)
+    return (a @ b.T).reshape(n, P, m, P).transpose(1, 2).reshape(n, m, *spatial, *spatial)
+
+
+# ------------------------------------------------------------------------------------ op rules
+@singledispatch
+def pair_rule(op, M: torch.Tensor, ctx: _Context) -> torch.Tensor:
+    raise TypeError(f"the NPK has no rule for op {op!r}; supported ops: {graph.SUPPORTED_OPS}")
+
+
+@pair_rule.register
+def _(op: graph.Linear, M, ctx):
+    if op.is_conv:
+        M = shift_sum(M, op.module.kernel_size, op.circular)
+    return M + 1 if op.has_bias else M
+
+
+@pair_rule.register
+def _(op: graph.Gate, M, ctx):
+    return overlap(ctx.gx[op.layer].to(M.dtype), ctx.gy[op.layer].to(M.dtype)) * M
+
+
+@pair_rule.register
+def _(op: graph.AvgPool, M, ctx):
+    k, d = op.kernel_size, spatial_dims(M)
+    for axis in range(2, 2 + 2 * d):
+        size = M.shape[axis] // k
+        M = M.narrow(axis, 0, size * k)
+        M = M.reshape(*M.shape[:axis], size, k, *M.shape[axis + 1:]).mean(axis + 1)
+    return M
+
+
+@pair_rule.register
+def _(op: graph.GlobalAvgPool, M, ctx):
+    return M.flatten(2).mean(-1) if M.dim() > 2 else M
+
+
+@pair_rule.register
+def _(op: graph.Flatten, M, ctx):
+    d = spatial_dims(M)
+    if d == 0:
+        return M
+    P = math.prod(M.shape[2:2 + d])
+    return M.reshape(*M.shape[:2], P, P).diagonal(dim1=2, dim2=3).sum(-1)
+
+
+@pair_rule.register
+def _(op: graph.Residual, M, ctx):
+    return M + propagate(op.block, M, ctx)
+
+
+@pair_rule.register
+def _(op: graph.Readout, M, ctx):
+    return M + 1 if op.has_bias else M
+
+
+def spatial_dims(M: torch.Tensor) -> int:
+    return (M.dim() - 2) // 2
+
+
+def shift_sum(M: torch.Tensor, kernel_size: Sequence[int], circular: bool) -> torch.Tensor:
+    """sum_o M(i + o, i' + o) over the kernel offsets o; outside the image: wrap around or zero."""
+    d = spatial_dims(M)
+    sizes = M.shape[2:2 + d]
+    dims = tuple(range(2, 2 + 2 * d))
+    out = torch.zeros_like(M)
+    for offset in itertools.product(*[range(-(k // 2), k // 2 + 1) for k in kernel_size]):
+        shifted = torch.roll(M, shifts=tuple(-o for o in offset) * 2, dims=dims)
+        if not circular:
+            shifted = shifted * _inside_mask(offset, sizes, M)
+        out += shifted
+    return out
+
+
+def _inside_mask(offset, sizes, like: torch.Tensor) -> torch.Tensor:
+    """1 where both i + o and i' + o fall inside the image, as a tensor broadcastable to M."""
+    d = len(sizes)
+    mask = torch.ones((1, 1) + (1,) * (2 * d), dtype=like.dtype, device=like.device)
+    for side in range(2):
+        for axis, (o, n) in enumerate(zip(offset, sizes)):
+            i = torch.arange(n, device=like.device)
+            ok = ((i + o >= 0) & (i + o < n)).to(like.dtype)
+            shape = [1] * (2 + 2 * d)
+            shape[2 + side * d + axis] = n
+            mask = mask * ok.reshape(shape)
+    return mask
+
+
+# ---------------------------------------------------------------------------------- blocking
+def block_size(model: GatedNet, itemsize: int, memory_budget: int) -> int:
+    """Samples per block side so that about 4 pair-kernel-sized tensors fit in `memory_budget` bytes."""
+    positions = max([1] + [math.prod(s) for s in _stream_spatial_shapes(model)])
+    per_pair = 4 * itemsize * positions**2
+    return max(1, int(math.sqrt(memory_budget / per_pair)))
+
+
+def _stream_spatial_shapes(model: GatedNet):
+    with torch.no_grad():
+        probe = torch.zeros((1, *model.input_shape), dtype=next(model.parameters()).dtype,
+                            device=next(model.parameters()).device)
+        yield probe.shape[2:]
+        for g in model.gates(probe):
+            yield g.shape[2:]
+
+
+def _gates(model: GatedNet, X: torch.Tensor, kind: str | None) -> list[torch.Tensor]:
+    param = next(model.parameters())
+    with torch.no_grad():
+        return [g.to(X.dtype) for g in model.gates(X.to(param.dtype), kind)]
+
+
+def _progress(total: int, enabled: bool | None):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc="NPK blocks", unit="block", disable=(total < 8) if enabled is None else not enabled)

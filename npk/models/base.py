@@ -1,0 +1,146 @@
+"""GatedNet: a value network (an op list) whose gates come from a gating network.
+
+The gating network is one of
+    "self"     DNN: the value network gates itself, relu(q) = G(q) q (hard gates: a plain ReLU net)
+    "relu"     DGN: a separate ReLU network of the same shape; its pre-activations give the gates
+    "linear"   DLGN: a separate deep *linear* network of the same shape, q_l = W_l ... W_1 x
+    "shallow"  DLGN-SF: every gating layer reads the input directly, q_l = W_l x
+and the value network reads x or an all-ones input of the same shape.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .. import graph
+from .gates import check_kind, gate
+
+GATINGS = ("self", "relu", "linear", "shallow")
+VALUE_INPUTS = ("x", "ones")
+
+
+class GatedNet(nn.Module):
+    """A gated network described by an op list (see `npk.graph`).
+
+    Subclasses set `gating` (one of GATINGS) and build the op list; everything else (forward,
+    gates, parameter groups) is shared.
+    """
+
+    gating: str = "self"
+
+    def __init__(self, ops: Sequence[graph.Op], input_shape: tuple[int, ...], *, gate: str = "hard",
+                 beta: float = 4.0, eps: float = 0.1, value_input: str = "x"):
+        super().__init__()
+        graph.validate(ops)
+        if self.gating not in GATINGS:
+            raise ValueError(f"gating must be one of {GATINGS}, got {self.gating!r}")
+        if value_input not in VALUE_INPUTS:
+            raise ValueError(f"value_input must be one of {VALUE_INPUTS}, got {value_input!r}")
+        if self.gating == "self" and value_input != "x":
+            raise ValueError("a DNN gates itself, so its value network must read x; "
+                             "use a DGN or DLGN for an all-ones value input")
+        self.ops = list(ops)
+        self.input_shape = tuple(input_shape)
+        self.gate_kind = check_kind(gate)
+        self.beta, self.eps = float(beta), float(eps)
+        self.value_input = value_input
+        self.value_layers = nn.ModuleList(graph.modules(self.ops))
+        if self.gating == "self":
+            self.gating_ops = None
+            self.gating_layers = nn.ModuleList()
+        else:
+            self.gating_ops = (graph.shallow_gating_ops(self.ops, self.input_shape) if self.gating == "shallow"
+                               else graph.clone_for_gating(self.ops))
+            self.gating_layers = nn.ModuleList(graph.modules(self.gating_ops))
+        self.n_gated = graph.n_gated_layers(self.ops)
+        self.gate_permutations: list[torch.Tensor] | None = None
+
+    # ----------------------------------------------------------------------------------- gates
+    def gate_fn(self, q: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+        return gate(q, kind or self.gate_kind, self.beta, self.eps)
+
+    def gating_preactivations(self, X: torch.Tensor) -> list[torch.Tensor]:
+        """The pre-activations q_l(x) that the gates of each gated layer are computed from."""
+        X = self.check_input(X)
+        qs: list[torch.Tensor] = []
+
+        def record(then):
+            def on_gate(layer, q):
+                qs.append(q)
+                return then(q)
+            return on_gate
+
+        if self.gating == "self":
+            graph.run(self.ops, X, record(lambda q: self.gate_fn(q) * q))
+        elif self.gating == "relu":
+            graph.run(self.gating_ops, X, record(torch.relu))
+        elif self.gating == "linear":
+            graph.run(self.gating_ops, X, record(lambda q: q))
+        else:
+            graph.shallow_run(self.gating_ops, X, record(lambda q: q))
+        return qs
+
+    def gates(self, X: torch.Tensor, kind: str | None = None) -> list[torch.Tensor]:
+        """One gate tensor per gated layer, (N, C) or (N, C, *spatial); `kind` overrides hard/soft."""
+        gs = [self.gate_fn(q, kind) for q in self.gating_preactivations(X)]
+        if self.gate_permutations is not None:
+            gs = [g[:, perm] for g, perm in zip(gs, self.gate_permutations)]
+        return gs
+
+    def set_gate_permutations(self, perms: Sequence[torch.Tensor] | None) -> None:
+        """Permute the units (channels) of each gated layer's gates, the same way for every input."""
+        if perms is not None:
+            if self.gating == "self":
+                raise ValueError("a DNN's gates are its own activations and cannot be shuffled; "
+                                 "shuffle the gates of a DGN / DLGN (npk.models.regimes.shuffled_gates)")
+            if len(perms) != self.n_gated:
+                raise ValueError(f"need one permutation per gated layer ({self.n_gated}), got {len(perms)}")
+            perms = [torch.as_tensor(p, dtype=torch.long) for p in perms]
+        self.gate_permutations = perms
+
+    # --------------------------------------------------------------------------------- forward
+    def value_stream_input(self, X: torch.Tensor) -> torch.Tensor:
+        return X if self.value_input == "x" else torch.ones_like(X)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        X = self.check_input(X)
+        if self.gating == "self" and self.gate_permutations is None:
+            return graph.run(self.ops, X, lambda layer, q: self.gate_fn(q) * q)
+        gs = self.gates(X)
+        return graph.run(self.ops, self.value_stream_input(X), lambda layer, q: gs[layer] * q)
+
+    # ----------------------------------------------------------------------- parameter groups
+    def value_parameters(self) -> Iterator[nn.Parameter]:
+        return self.value_layers.parameters()
+
+    def gating_parameters(self) -> Iterator[nn.Parameter]:
+        """The gating network's parameters; for a DNN the same tensors as the value network's."""
+        return (self.value_layers if self.gating == "self" else self.gating_layers).parameters()
+
+    # ------------------------------------------------------------------------------ checks
+    def check_input(self, X: torch.Tensor) -> torch.Tensor:
+        """Raise a clear error unless X is a finite (N, *input_shape) tensor."""
+        return check_input(X, self.input_shape)
+
+
+def check_input(X, input_shape: tuple[int, ...], name: str = "X") -> torch.Tensor:
+    """X as a tensor of shape (N, *input_shape) with finite entries, or a ValueError saying what is wrong."""
+    if not isinstance(X, torch.Tensor):
+        X = torch.as_tensor(X)
+    expected = "(N, " + ", ".join(map(str, input_shape)) + ")"
+    if X.dim() != len(input_shape) + 1:
+        hint = " (a single sample? use X[None])" if X.dim() == len(input_shape) else ""
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(X.shape)}{hint}")
+    if tuple(X.shape[1:]) != tuple(input_shape):
+        hint = ""
+        if len(input_shape) == 3 and tuple(X.shape[1:]) == (input_shape[1], input_shape[2], input_shape[0]):
+            hint = " (channels-last? use X.permute(0, 3, 1, 2))"
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(X.shape)}{hint}")
+    if not X.is_floating_point():
+        raise ValueError(f"{name} must be a floating point tensor, got {X.dtype}")
+    if not torch.isfinite(X).all():
+        bad = (~torch.isfinite(X)).reshape(len(X), -1).any(1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{name} contains NaN or inf (first bad rows: {bad}); clean or impute them first")
+    return X
