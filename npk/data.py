@@ -40,7 +40,6 @@ import gzip
 import hashlib
 import importlib
 import io
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +48,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "load", "read_idx", "KNOWN", "DEFAULT_ROOTS", "FASHION_MNIST_CLASSES",
-           "DIGITS_SPLIT_SEED"]
+__all__ = ["Dataset", "load", "canonical_name", "read_idx", "parse_idx", "stratified_indices",
+           "channel_stats", "KNOWN", "DEFAULT_ROOTS", "FASHION_MNIST_CLASSES", "DIGITS_SPLIT_SEED"]
 
 KNOWN = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
 DIGITS_SPLIT_SEED = 0
@@ -74,11 +73,14 @@ HOW_TO_GET = {
              "into a directory and pass root=that directory",
     "fashion-mnist": "run `apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs them in "
                      "/usr/share/datasets/fashion-mnist), or download the four official idx files from "
-                     "https://github.com/zalandoresearch/fashion-mnist into a directory and pass root=that directory",
+                     "https://github.com/zalandoresearch/fashion-mnist into a directory and pass "
+                     "root=that directory",
     "cifar10": "download the 'CIFAR-10 python version' (cifar-10-python.tar.gz) from "
-               "https://www.cs.toronto.edu/~kriz/cifar.html and extract it into root (giving root/cifar-10-batches-py/)",
+               "https://www.cs.toronto.edu/~kriz/cifar.html and extract it into root "
+               "(giving root/cifar-10-batches-py/)",
     "cifar100": "download the 'CIFAR-100 python version' (cifar-100-python.tar.gz) from "
-                "https://www.cs.toronto.edu/~kriz/cifar.html and extract it into root (giving root/cifar-100-python/)",
+                "https://www.cs.toronto.edu/~kriz/cifar.html and extract it into root "
+                "(giving root/cifar-100-python/)",
 }
 
 
@@ -273,9 +275,10 @@ def _read_cifar(name: str, root, label_mode: str) -> _Raw:
         x_te, y_te = _cifar_batch(paths[5], b"labels")
         classes = _meta_names(paths[6], b"label_names")
     else:
-        key = b"fine_labels" if label_mode == "fine" else b"coarse_labels"
+        mode = label_mode.encode()                                 # b"fine" or b"coarse"
+        key = mode + b"_labels"
         (x_tr, y_tr), (x_te, y_te) = _cifar_batch(paths[0], key), _cifar_batch(paths[1], key)
-        classes = _meta_names(paths[2], key[:-1] + b"_label_names")
+        classes = _meta_names(paths[2], mode + b"_label_names")
     for y, p in ((y_tr, folder), (y_te, folder)):
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
             raise ValueError(f"{p}: labels {y.min()}..{y.max()} do not match the {len(classes)} class names")
@@ -285,12 +288,14 @@ def _read_cifar(name: str, root, label_mode: str) -> _Raw:
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickler that only builds numpy arrays / dtypes and plain Python data (no arbitrary code)."""
     _ALLOWED = {("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numpy", "ndarray"),
-                ("numpy", "dtype")}
+                ("numpy", "dtype"), ("_codecs", "encode")}       # _codecs: bytes in Python 3 pickles
 
     def find_class(self, module, name):
         short = module.rsplit(".", 1)[-1] if module.startswith("numpy") else module
         if (short, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data pickle")
+        if short == "_codecs":
+            return super().find_class(module, name)
         if short == "multiarray":                                 # numpy 2 moved numpy.core to numpy._core
             for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
                 try:
@@ -340,18 +345,19 @@ def _expected_names(name: str) -> list:
 def _find_files(name: str, root, candidates) -> list:
     """Paths of the data set's files in the first candidate directory that has them all, or
     FileNotFoundError listing what was expected where and how to get it."""
-    roots = [Path(root).expanduser()] if root is not None else [Path(r) for r in DEFAULT_ROOTS[name]]
+    defaults = [Path(r).absolute() for r in DEFAULT_ROOTS[name]]
+    roots = [Path(root).expanduser()] if root is not None else defaults
     tried = []
     for r in roots:
-        for d in candidates(name, r):
+        for i, d in enumerate(candidates(name, r)):
             found = _lookup_all(name, d)
             if all(p is not None for p in found):
                 return found
             if d.is_dir():
                 missing = [e for e, p in zip(_expected_names(name), found) if p is None]
                 tried.append(f"{d} (missing {', '.join(missing)})")
-        if not r.is_dir():
-            tried.append(f"{r} (no such directory)")
+            elif i == 0:                                           # the usual place: say it is absent
+                tried.append(f"{d} (no such directory)")
     alt = " (or the same names without .gz)" if name in ("mnist", "fashion-mnist") else ""
     raise FileNotFoundError(
         f"{name} files not found. Expected {', '.join(_expected_names(name))}{alt} in one of: "

@@ -18,8 +18,11 @@ The fully connected case is H = (X X^T) * prod_l (G_l G_l^T) (elementwise), with
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
 from functools import singledispatch
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -31,12 +34,14 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for the pair kernel of one block
 
 
 def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, gates: str | None = None,
-             memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool | None = None) -> torch.Tensor:
+             memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool | None = None,
+             checkpoint_dir: str | Path | None = None) -> torch.Tensor:
     """The NPK Gram matrix H[a, b] = <phi_{X_a}, phi_{Y_b}> of `model`'s gates, shape (N, M).
 
     gates: None uses the model's own gates; "hard" / "soft" recomputes them from the same pre-activations.
     The result has X's dtype and device (gates are computed in the model's dtype, then cast). Blocks of
-    sample pairs are sized so that the pair kernel of a block stays under `memory_budget` bytes.
+    sample pairs are sized so that the pair kernel of a block stays under `memory_budget` bytes. With
+    `checkpoint_dir`, every finished block is saved there (atomically) and a rerun skips the saved ones.
     """
     if not isinstance(model, GatedNet):
         raise TypeError(f"npk_gram needs an npk gated model (npk.models.*), got {type(model).__name__}; "
@@ -51,10 +56,16 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
     block = block_size(model, X.element_size(), memory_budget)
     H = torch.empty(len(X), len(Y), dtype=X.dtype, device=X.device)
     pairs = [(r, c) for r in range(0, len(X), block) for c in range(0, len(Y), block) if not symmetric or c >= r]
+    store = BlockStore(checkpoint_dir, (len(X), len(Y), block, symmetric)) if checkpoint_dir else None
     bar = _progress(len(pairs), progress)
     for r, c in pairs:
         rs, cs = slice(r, r + block), slice(c, c + block)
-        H[rs, cs] = pair_kernel(model, X[rs], Y[cs], [g[rs] for g in gx], [g[cs] for g in gy])
+        done = store.load(r, c) if store else None
+        if done is None:
+            done = pair_kernel(model, X[rs], Y[cs], [g[rs] for g in gx], [g[cs] for g in gy])
+            if store:
+                store.save(r, c, done)
+        H[rs, cs] = done.to(H)
         if symmetric and c != r:
             H[cs, rs] = H[rs, cs].T
         bar.update()
@@ -112,7 +123,7 @@ def _(op: graph.Linear, M, ctx):
 
 @pair_rule.register
 def _(op: graph.Gate, M, ctx):
-    return overlap(ctx.gx[op.layer].to(M.dtype), ctx.gy[op.layer].to(M.dtype)) * M
+    return overlap(ctx.gx[op.layer], ctx.gy[op.layer]).mul_(M)
 
 
 @pair_rule.register
@@ -202,6 +213,33 @@ def _gates(model: GatedNet, X: torch.Tensor, kind: str | None) -> list[torch.Ten
     param = next(model.parameters())
     with torch.no_grad():
         return [g.to(X.dtype) for g in model.gates(X.to(param.dtype), kind)]
+
+
+class BlockStore:
+    """Finished Gram blocks on disk, written atomically; `key` (shapes, block size) must match on resume."""
+
+    def __init__(self, directory: str | Path, key: tuple):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "blocks.json"
+        if meta.exists() and json.loads(meta.read_text()) != list(key):
+            raise ValueError(f"{self.dir} holds Gram blocks of another computation (N, M, block, symmetric = "
+                             f"{json.loads(meta.read_text())}, now {list(key)}); use an empty checkpoint_dir")
+        atomic_write(meta, lambda path: Path(path).write_text(json.dumps(list(key))))
+
+    def load(self, r: int, c: int) -> torch.Tensor | None:
+        path = self.dir / f"block_{r}_{c}.pt"
+        return torch.load(path) if path.exists() else None
+
+    def save(self, r: int, c: int, block: torch.Tensor) -> None:
+        atomic_write(self.dir / f"block_{r}_{c}.pt", lambda path: torch.save(block.cpu(), path))
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp) and move tmp over `path`, so a reader never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def _progress(total: int, enabled: bool | None):
