@@ -43,7 +43,7 @@ class Linear:
         k = m.kernel_size
         if any(s != 1 for s in m.stride) or any(d != 1 for d in m.dilation) or m.groups != 1:
             raise ValueError(f"{m}: only stride 1, dilation 1, groups 1 convolutions are supported")
-        if any(ki % 2 == 0 for ki in k) or tuple(m.padding) != tuple(ki // 2 for ki in k):
+        if any(ki % 2 == 0 for ki in k) or m.padding not in ("same", tuple(ki // 2 for ki in k)):
             raise ValueError(f"{m}: the kernel size must be odd with padding kernel_size // 2 ('same' size)")
         if m.padding_mode not in ("zeros", "circular"):
             raise ValueError(f"{m}: padding_mode must be 'zeros' or 'circular', got {m.padding_mode!r}")

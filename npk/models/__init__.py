@@ -4,3 +4,9 @@ from .fc import DGN, DLGN, DLGNSF, DNN, FCNet
 from .gates import gate
 
 __all__ = ["GatedNet", "FCNet", "DNN", "DGN", "DLGN", "DLGNSF", "gate"]
+from .conv import C4GAP, GCONV, VCONV, VGG, ConvDGN, ConvDLGN, ConvDLGNSF, ConvDNN, ConvNet
+from .convert import from_sequential
+from .resnet import ResDGN, ResDLGN, ResDNN, ResNet, resnet_preset
+
+__all__ += ["ConvNet", "ConvDNN", "ConvDGN", "ConvDLGN", "ConvDLGNSF", "C4GAP", "VCONV", "GCONV", "VGG",
+            "ResNet", "ResDNN", "ResDGN", "ResDLGN", "resnet_preset", "from_sequential"]

@@ -9,6 +9,7 @@ and the value network reads x or an all-ones input of the same shape.
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterator, Sequence
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from .. import graph
 from .gates import check_kind, gate
+from .init import he_init
 
 GATINGS = ("self", "relu", "linear", "shallow")
 VALUE_INPUTS = ("x", "ones")
@@ -34,6 +36,14 @@ class GatedNet(nn.Module):
                  beta: float = 4.0, eps: float = 0.1, value_input: str = "x"):
         super().__init__()
         graph.validate(ops)
+        self.ops = list(ops)
+        self.input_shape = tuple(input_shape)
+        self.value_layers = nn.ModuleList(graph.modules(self.ops))
+        self.n_gated = graph.n_gated_layers(self.ops)
+        self._build_gating(gate, beta, eps, value_input)
+
+    def _build_gating(self, gate: str, beta: float, eps: float, value_input: str) -> None:
+        """Check the gating options and build a fresh gating network of kind `self.gating`."""
         if self.gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {self.gating!r}")
         if value_input not in VALUE_INPUTS:
@@ -41,12 +51,9 @@ class GatedNet(nn.Module):
         if self.gating == "self" and value_input != "x":
             raise ValueError("a DNN gates itself, so its value network must read x; "
                              "use a DGN or DLGN for an all-ones value input")
-        self.ops = list(ops)
-        self.input_shape = tuple(input_shape)
         self.gate_kind = check_kind(gate)
         self.beta, self.eps = float(beta), float(eps)
         self.value_input = value_input
-        self.value_layers = nn.ModuleList(graph.modules(self.ops))
         if self.gating == "self":
             self.gating_ops = None
             self.gating_layers = nn.ModuleList()
@@ -54,8 +61,25 @@ class GatedNet(nn.Module):
             self.gating_ops = (graph.shallow_gating_ops(self.ops, self.input_shape) if self.gating == "shallow"
                                else graph.clone_for_gating(self.ops))
             self.gating_layers = nn.ModuleList(graph.modules(self.gating_ops))
-        self.n_gated = graph.n_gated_layers(self.ops)
         self.gate_permutations: list[torch.Tensor] | None = None
+
+    def with_gating(self, gating: str, *, gate: str | None = None, beta: float | None = None,
+                    eps: float | None = None, value_input: str | None = None) -> "GatedNet":
+        """A copy with the same value network (weights copied) and a new gating network of kind `gating`.
+
+        The new gating layers get He normal weights (std sqrt(2 / fan_in)) and zero biases from the
+        global torch RNG; options left None keep this model's. The copy's class is this class's sibling
+        with that gating (DNN -> DGN, ConvDNN -> ConvDLGN, ...); a plain GatedNet stays a GatedNet.
+        """
+        if gating not in GATINGS:
+            raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+        model = copy.deepcopy(self)
+        model.__class__ = _gating_class(type(self), gating)
+        model.gating = gating
+        model._build_gating(gate or self.gate_kind, self.beta if beta is None else beta,
+                            self.eps if eps is None else eps, value_input or self.value_input)
+        he_init(model.gating_layers)
+        return model
 
     # ----------------------------------------------------------------------------------- gates
     def gate_fn(self, q: torch.Tensor, kind: str | None = None) -> torch.Tensor:
@@ -123,6 +147,18 @@ class GatedNet(nn.Module):
     def check_input(self, X: torch.Tensor) -> torch.Tensor:
         """Raise a clear error unless X is a finite (N, *input_shape) tensor."""
         return check_input(X, self.input_shape)
+
+
+def _gating_class(cls: type, gating: str) -> type:
+    """The subclass of cls's parent whose class attribute `gating` is `gating` (cls itself if it is GatedNet)."""
+    if cls is GatedNet:
+        return cls
+    family = cls.__mro__[1]
+    found = [c for c in family.__subclasses__() if c.__dict__.get("gating") == gating]
+    if len(found) != 1:
+        raise ValueError(f"{family.__name__} has {len(found)} subclasses with gating {gating!r}, need exactly one "
+                         f"(e.g. DNN, DGN, DLGN, DLGNSF under FCNet) to turn a {cls.__name__} into one")
+    return found[0]
 
 
 def check_input(X, input_shape: tuple[int, ...], name: str = "X") -> torch.Tensor:

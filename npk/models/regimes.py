@@ -1,0 +1,175 @@
+"""The training regimes of the NPF/NPK paper, as functions from a template model to a new model.
+
+A *template* is a freshly initialised model of the wanted architecture (any GatedNet: FC, conv,
+residual); its value weights become the new model's initial value weights, so regimes built from one
+template start from the same value network. The template itself is never changed.
+
+    ReLU       the plain DNN, hard gates                                   relu(template)
+    DLNPF      decoupled learning: a DGN with soft gates (1 + eps) sigmoid(beta q), gating and value
+               networks both trained                                       decoupled(template)
+    FLNPF      fixed learnt gates: the gating network is a frozen copy of a trained ReLU network's
+               hidden layers (hard gates), the value network trains from the template's weights
+                                                                           fixed_learnt_gates(dnn, template)
+    FRNPF-II   fixed random gates, gating network initialised independently of the value network
+               (frozen, hard gates)                                        fixed_random_gates(template)
+    FRNPF-DI   fixed random gates, the value network starts as a copy of the gating network
+               (dependent initialisation)                                  fixed_random_gates(template, True)
+
+`gate_copy` is FLNPF from a saved state (the gate-copying study), `shuffled_gates` permutes the units
+(channels) of every gated layer, the same way for every input, and `dnn_as_dgn` rewrites a ReLU network
+as the DGN that computes the same function (its gating network a copy of its hidden layers).
+
+A DGN's gating layers mirror its value layers without the readout (`npk.graph.clone_for_gating`), so
+gating layer l and value layer l have the same shape and copying between them is one state_dict.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .base import GatedNet
+from .init import init_weights
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Set requires_grad False on every parameter of `module` (the trainer then leaves them fixed)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def relu(template: GatedNet) -> GatedNet:
+    """ReLU: the plain DNN with hard gates, starting from the template's value weights."""
+    return _check_model(template, "template").with_gating("self", gate="hard")
+
+
+def decoupled(template: GatedNet, *, beta: float = 4.0, eps: float = 0.1) -> GatedNet:
+    """DLNPF: a DGN with soft gates (1 + eps) sigmoid(beta q) and a fresh gating network; both train."""
+    return _check_model(template, "template").with_gating("relu", gate="soft", beta=beta, eps=eps)
+
+
+def fixed_random_gates(template: GatedNet, dependent: bool = False) -> GatedNet:
+    """FRNPF: a DGN with hard gates from a random gating network that stays frozen.
+
+    dependent=False (FRNPF-II): the gating network is drawn independently of the value network.
+    dependent=True (FRNPF-DI): the gating network is a copy of the value network's hidden layers, so
+    at initialisation the value weights equal the gating weights (and the model equals the DNN).
+    """
+    model = _check_model(template, "template").with_gating("relu", gate="hard")
+    if dependent:
+        _copy_hidden_to_gating(model, model)
+    freeze(model.gating_layers)
+    return model
+
+
+def dnn_as_dgn(dnn: GatedNet) -> GatedNet:
+    """The DGN whose gating network is a copy of the ReLU network's hidden layers: the same function.
+
+    With hard gates the DNN's hidden activations relu(q) are exactly the gating network's, so the
+    gates, and hence the outputs, are identical. Nothing is frozen.
+    """
+    _check_dnn(dnn)
+    model = dnn.with_gating("relu")
+    _copy_hidden_to_gating(model, dnn)
+    return model
+
+
+def fixed_learnt_gates(trained_dnn: GatedNet, template: GatedNet | None = None) -> GatedNet:
+    """FLNPF: hard gates from a frozen copy of a trained ReLU network; the value network starts afresh.
+
+    The value network starts from the template's weights, or, without a template, from He normal
+    weights drawn from the global torch RNG. The gates equal the trained DNN's gates on every input.
+    """
+    model = dnn_as_dgn(trained_dnn)
+    if template is None:
+        init_weights(model.value_layers)
+    else:
+        _check_model(template, "template")
+        _check_same_shapes(template, trained_dnn)
+        model.value_layers.load_state_dict(template.value_layers.state_dict())
+    freeze(model.gating_layers)
+    return model
+
+
+def gate_copy(template: GatedNet, checkpoint: str | os.PathLike | Mapping) -> GatedNet:
+    """FLNPF with gates from a saved ReLU network: the gate-copying study.
+
+    `checkpoint` is a DNN state_dict of the template's architecture (e.g. `TrainResult.best_state`,
+    or one recorded by a training callback at some epoch), a checkpoint dict with a "model" entry
+    (as written by `npk.train.train`), or the path of a file holding either.
+    """
+    _check_dnn(template)
+    state = torch.load(checkpoint, map_location="cpu") if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    if not isinstance(state, Mapping):
+        raise TypeError(f"checkpoint must be a state_dict, a checkpoint dict or a path, got {type(state).__name__}")
+    state = state.get("model", state)
+    trained = copy.deepcopy(template)
+    trained.load_state_dict(state)
+    return fixed_learnt_gates(trained, template)
+
+
+def shuffled_gates(model: GatedNet, seed: int = 0) -> GatedNet:
+    """A copy whose gates are permuted along the units (channels) of every gated layer.
+
+    Layer l's gates become G_l[:, pi_l] with one random permutation pi_l per layer (seeded), the same
+    for every input. A DNN is first rewritten as the DGN with its own gates (`dnn_as_dgn`). In a fully
+    connected net the NPK is unchanged, since G_l P (G_l P)^T = G_l G_l^T for a permutation matrix P.
+    """
+    _check_model(model, "model")
+    shuffled = dnn_as_dgn(model) if model.gating == "self" else copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    units = [m.weight.shape[0] for m in shuffled.value_layers[:shuffled.n_gated]]
+    shuffled.set_gate_permutations([torch.randperm(n, generator=generator) for n in units])
+    return shuffled
+
+
+REGIMES: dict[str, Callable[[GatedNet, GatedNet | None], GatedNet]] = {
+    "FRNPF-II": lambda template, trained_dnn: fixed_random_gates(template, dependent=False),
+    "FRNPF-DI": lambda template, trained_dnn: fixed_random_gates(template, dependent=True),
+    "DLNPF": lambda template, trained_dnn: decoupled(template),
+    "FLNPF": lambda template, trained_dnn: fixed_learnt_gates(trained_dnn, template),
+    "ReLU": lambda template, trained_dnn: relu(template),
+}
+
+
+def make_regime(name: str, template: GatedNet, trained_dnn: GatedNet | None = None) -> GatedNet:
+    """The model of regime `name` (a key of REGIMES) built from `template`; FLNPF needs `trained_dnn`."""
+    if name not in REGIMES:
+        raise ValueError(f"unknown regime {name!r}; known regimes: {', '.join(REGIMES)}")
+    if name == "FLNPF" and trained_dnn is None:
+        raise ValueError("FLNPF copies the gates of a trained ReLU network: pass trained_dnn= (e.g. the DNN "
+                         "trained with regime 'ReLU', loaded from its best checkpoint)")
+    return REGIMES[name](template, trained_dnn)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _check_model(model, name: str) -> GatedNet:
+    if not isinstance(model, GatedNet):
+        raise TypeError(f"{name} must be an npk gated model (npk.models.DNN, ConvDNN, ...), got {type(model).__name__}")
+    return model
+
+
+def _check_dnn(model) -> None:
+    _check_model(model, "the ReLU network")
+    if model.gating != "self" or model.gate_kind != "hard":
+        raise ValueError(f"need a ReLU network (a DNN with hard gates) to copy gates from, got a "
+                         f"{type(model).__name__} with gating {model.gating!r} and {model.gate_kind!r} gates")
+
+
+def _check_same_shapes(a: GatedNet, b: GatedNet) -> None:
+    shapes_a = [tuple(p.shape) for p in a.value_parameters()]
+    shapes_b = [tuple(p.shape) for p in b.value_parameters()]
+    if shapes_a != shapes_b or a.input_shape != b.input_shape:
+        raise ValueError(f"the template and the trained network must have the same architecture; value "
+                         f"parameter shapes {shapes_a} vs {shapes_b}")
+
+
+@torch.no_grad()
+def _copy_hidden_to_gating(model: GatedNet, source: GatedNet) -> None:
+    """Gating layer l of `model` <- value layer l of `source` (every value layer but the readout)."""
+    hidden = nn.ModuleList(list(source.value_layers)[:-1])
+    model.gating_layers.load_state_dict(hidden.state_dict())
