@@ -61,7 +61,14 @@ class Linear:
         return self.module.bias is not None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.module(h)
+        return self.module(_flat_for_dense(self.module, h))
+
+
+def _flat_for_dense(module: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Linear) and h.dim() != 2:
+        raise ValueError(f"{module} needs a flat stream (N, features), got shape {tuple(h.shape)}; "
+                         f"put Flatten or GlobalAvgPool before it")
+    return h
 
 
 @dataclass(eq=False)
@@ -116,7 +123,7 @@ class Readout:
         return self.module.bias is not None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.module(h)
+        return self.module(_flat_for_dense(self.module, h))
 
 
 Op = Linear | Gate | AvgPool | GlobalAvgPool | Flatten | Residual | Readout

@@ -268,7 +268,7 @@ def test_channels_last_input_gets_a_permute_hint():
      ValueError, "followed by nn.Flatten"),
     ([nn.Conv1d(1, 2, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1)], (1, 8),
      ValueError, "only stride 1"),
-    ([nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)], (5,), ValueError, r"input_shape \(5,\) does not fit"),
+    ([nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)], (5,), ValueError, r"does not fit the input shape \(5,\)"),
 ])
 def test_from_sequential_rejects_what_it_cannot_take(layers, shape, error, match):
     with pytest.raises(error, match=match):

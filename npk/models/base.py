@@ -41,6 +41,16 @@ class GatedNet(nn.Module):
         self.value_layers = nn.ModuleList(graph.modules(self.ops))
         self.n_gated = graph.n_gated_layers(self.ops)
         self._build_gating(gate, beta, eps, value_input)
+        self._probe()
+
+    def _probe(self) -> None:
+        """Run one zero input through both networks, so an op list that does not fit its input fails here."""
+        param = next(self.parameters())
+        with torch.no_grad():
+            try:
+                self(torch.zeros((1, *self.input_shape), dtype=param.dtype, device=param.device))
+            except (RuntimeError, ValueError) as err:
+                raise ValueError(f"the op list does not fit the input shape {self.input_shape}: {err}") from err
 
     def _build_gating(self, gate: str, beta: float, eps: float, value_input: str) -> None:
         """Check the gating options and build a fresh gating network of kind `self.gating`."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from numbers import Integral
 
-import torch
 from torch import nn
 
 from .. import graph
@@ -60,9 +59,7 @@ def from_sequential(seq: nn.Sequential, input_shape) -> GatedNet:
     if not ops or not isinstance(ops[-1], graph.Readout):
         raise ValueError("the network must end with an nn.Linear readout (no ReLU after it)")
     input_shape = (input_shape,) if isinstance(input_shape, Integral) else tuple(input_shape)
-    model = GatedNet(ops, input_shape)
-    _probe(model, seq)
-    return model
+    return GatedNet(ops, input_shape)
 
 
 def _avgpool(layer: nn.Module, index: int) -> graph.AvgPool:
@@ -77,13 +74,3 @@ def _avgpool(layer: nn.Module, index: int) -> graph.AvgPool:
 
 def _tuple(v) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,)
-
-
-def _probe(model: GatedNet, seq: nn.Sequential) -> None:
-    """Run one zero input through the model, so that a wrong input_shape fails here and says so."""
-    param = next(seq.parameters())
-    try:
-        with torch.no_grad():
-            model(torch.zeros((1, *model.input_shape), dtype=param.dtype, device=param.device))
-    except RuntimeError as err:
-        raise ValueError(f"input_shape {model.input_shape} does not fit the network: {err}") from err
