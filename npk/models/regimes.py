@@ -19,6 +19,10 @@ template start from the same value network. The template itself is never changed
 (channels) of every gated layer, the same way for every input, and `dnn_as_dgn` rewrites a ReLU network
 as the DGN that computes the same function (its gating network a copy of its hidden layers).
 
+The fresh gating networks of DLNPF and FRNPF-II get He normal weights from the global torch RNG
+(`GatedNet.with_gating`): seed with torch.manual_seed. That is the FC and conv initialisation; a
+ResNet's extra scaling of each block's last layer is not applied to them.
+
 A DGN's gating layers mirror its value layers without the readout (`npk.graph.clone_for_gating`), so
 gating layer l and value layer l have the same shape and copying between them is one state_dict.
 """
@@ -108,7 +112,10 @@ def gate_copy(template: GatedNet, checkpoint: str | os.PathLike | Mapping) -> Ga
         raise TypeError(f"checkpoint must be a state_dict, a checkpoint dict or a path, got {type(state).__name__}")
     state = state.get("model", state)
     trained = copy.deepcopy(template)
-    trained.load_state_dict(state)
+    try:
+        trained.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"the checkpoint does not fit the template's architecture: {err}") from err
     return fixed_learnt_gates(trained, template)
 
 
