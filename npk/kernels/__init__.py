@@ -1,5 +1,7 @@
 """Kernels of gated networks: exact NPK, empirical NTK, expected / infinite-width kernels, diagnostics."""
+from .linalg import alignment, centered_alignment, normalize, nu, principal_angles, spectrum, top_k_energy
 from .npk import npk_gram
 from .reference import path_features, path_values, reference_npk, reference_output
 
-__all__ = ["npk_gram", "path_features", "path_values", "reference_npk", "reference_output"]
+__all__ = ["npk_gram", "alignment", "centered_alignment", "normalize", "nu", "principal_angles", "spectrum",
+           "top_k_energy", "path_features", "path_values", "reference_npk", "reference_output"]
