@@ -1,0 +1,260 @@
+"""Expected and infinite-width kernels of ReLU networks at random Gaussian initialisation.
+
+Both rest on the arc-cosine kernels (Cho and Saul 2009): for a centred Gaussian pair (u, v) with
+E u^2 = a, E v^2 = b, E uv = k and angle t = arccos(k / sqrt(a b)),
+
+    P(u > 0, v > 0)      = (pi - t) / (2 pi)                                   (order 0: the gates)
+    E[relu(u) relu(v)]   = (sqrt(a b) sin t + (pi - t) k) / (2 pi)             (order 1: the ReLU NNGP)
+
+`expected_npk` walks a gated model's op list a third way (after the forward pass and the exact NPK):
+the value stream carries the NPK pair kernel M as in `npk.kernels.npk`, except that a gate multiplies
+M by the *expected* overlap C_l (pi - t_l) / (2 pi) (C_l units or channels), t_l the angle of the gating
+network's pre-activations at layer l. The gating network runs alongside as its infinite-width
+per-unit second moments K(i, i') = lim (1/C) sum_c h(i, c) h'(i', c), for the pairs (x, x'), (x, x)
+and (x', x') (weights N(0, 2 / fan_in) as `npk.models.init.he_init`, zero biases):
+
+    Linear dense      q-covariance S = 2 K
+    Linear conv       S(i, i') = (2 / |kernel|) sum_o K(i + o, i' + o)   (zero or wrap-around outside)
+    Gate              ReLU gating (DNN, DGN): K <- E[relu relu] under S; linear gating (DLGN): K <- S;
+                      shallow gating (DLGN-SF): K stays the input's
+    AvgPool / GlobalAvgPool   means over windows on both sides (as the NPK rule)
+    Flatten           K <- mean_i K(i, i)
+
+What it computes, precisely: <x, x'> prod_l C_l (pi - t_l) / (2 pi) (for a fully connected net), the
+product of the expected overlaps with the angles of the infinite-width gating network. It is the
+infinite-width limit of H / prod_l C_l. At finite width E[H] differs at order 1/width: overlaps of
+different layers are correlated through the shared gating network and the deeper angles fluctuate.
+The first gated layer is exact at any width (its pre-activations are exactly Gaussian), and so is a
+DLGN-SF's whole kernel (its gating layers read x with independent weights, so their overlaps are
+independent). Angles come from atan2(sqrt(ab - k^2), k): near t = 0 (a sample with itself) rounding
+limits them to ~1e-8, which is far below the Monte Carlo error this kernel is compared with.
+
+`infinite_ntk` is the infinite-width NNGP / NTK of a fully connected ReLU network in the NTK
+parameterisation (neural-tangents' stax.Dense default): with K_0 = W^2 <x, x'> / d_in + b^2, Theta_0 = K_0,
+and per hidden layer
+
+    Theta <- W^2 Theta (pi - t) / (2 pi) + K',    K' = W^2 E[relu relu] + b^2.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .. import graph
+from ..models.base import GatedNet, check_input
+from .npk import DEFAULT_MEMORY_BUDGET, block_size, overlap, pair_rule, shift_sum
+
+KINDS = ("ntk", "nngp")
+
+
+def arccos_kernels(k: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                   t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P(u > 0, v > 0), E[relu(u) relu(v)]) for centred Gaussians with E u^2 = a, E v^2 = b, E uv = k.
+
+    t, the angle, is computed from (k, a, b) unless given (`infinite_ntk` tracks it more accurately).
+    A pair with a zero variance has u = 0 or v = 0: both values are 0 (a closed gate, relu(0) = 0).
+    """
+    root = torch.sqrt(a * b)
+    if t is None:
+        t = torch.atan2(torch.sqrt(torch.clamp(root * root - k * k, min=0)), k)
+    order0 = torch.where(root > 0, (math.pi - t) / (2 * math.pi), torch.zeros_like(t))
+    order1 = (root * torch.sin(t) + (math.pi - t) * k) / (2 * math.pi)
+    return order0, order1
+
+
+# ------------------------------------------------------------------------------ infinite width
+def infinite_ntk(X: torch.Tensor, Y: torch.Tensor | None = None, *, depth: int, W_std: float = 2**0.5,
+                 b_std: float = 0.0, kind: str = "ntk") -> torch.Tensor:
+    """The infinite-width NTK (kind="ntk") or NNGP (kind="nngp") of a fully connected ReLU network with
+    `depth` hidden layers (depth + 1 dense layers) in the NTK parameterisation, as neural-tangents'
+    stax.serial(Dense(w, W_std, b_std), Relu(), ... Dense(1, W_std, b_std)). X (N, d), Y (M, d) ->
+    (N, M) in X's dtype and device (recursion in the module docstring).
+
+    The angles are tracked through their versine 1 - cos t (first layer: Kahan's
+    2 atan2(|u - v|, |u + v|) on unit vectors), so that nearly parallel pairs, a point with itself
+    included, keep full precision: arccos of a rounded cosine would err by ~1e-8 there.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"depth (the number of hidden ReLU layers) must be an int >= 0, got {depth!r}")
+    X = _as_matrix(X, "X")
+    Y = X if Y is None else _as_matrix(Y, "Y")
+    if Y.shape[1] != X.shape[1] or Y.dtype != X.dtype or Y.device != X.device:
+        raise ValueError(f"X and Y must share the feature count, dtype and device, got {tuple(X.shape)} "
+                         f"{X.dtype}/{X.device} and {tuple(Y.shape)} {Y.dtype}/{Y.device}")
+    w2, b2 = W_std**2, b_std**2
+    ux, uy = _first_layer_features(X, W_std, b_std), _first_layer_features(Y, W_std, b_std)
+    K = ux @ uy.T
+    a, b = (ux * ux).sum(1, keepdim=True), (uy * uy).sum(1, keepdim=True).T
+    t = _angle(ux, uy)
+    theta = K
+    for _ in range(depth):
+        gate, relu = arccos_kernels(K, a, b, t)
+        a_next, b_next = w2 * a / 2 + b2, w2 * b / 2 + b2
+        t = _next_angle(t, a, b, a_next, b_next, w2, b2)
+        K, a, b = w2 * relu + b2, a_next, b_next
+        theta = w2 * theta * gate + K
+    return theta if kind == "ntk" else K
+
+
+def _first_layer_features(X: torch.Tensor, W_std: float, b_std: float) -> torch.Tensor:
+    """u = (W_std x / sqrt(d), b_std), so that the first layer's covariance is <u, u'>."""
+    return torch.cat([W_std * X / math.sqrt(X.shape[1]), torch.full_like(X[:, :1], b_std)], dim=1)
+
+
+def _angle(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """Angles between the rows of U and V, 2 atan2(|u - v|, |u + v|) on unit vectors (pi/2 for a zero row)."""
+    def unit(A):
+        n = A.norm(dim=1, keepdim=True)
+        return A / torch.where(n > 0, n, torch.ones_like(n))
+
+    u, v = unit(U), unit(V)
+    mode = "donot_use_mm_for_euclid_dist"   # the matmul shortcut |u|^2 + |v|^2 - 2 u.v cancels near 0
+    return 2 * torch.atan2(torch.cdist(u, v, compute_mode=mode), torch.cdist(u, -v, compute_mode=mode))
+
+
+def _next_angle(t, a, b, a_next, b_next, w2: float, b2: float) -> torch.Tensor:
+    """The angle after relu then a dense layer, from its versine 1 - cos t' = (sqrt(a' b') - k') / sqrt(a' b'):
+
+    sqrt(a' b') - k' = w2 sqrt(ab) (pi (1 - cos t) - (sin t - t cos t)) / (2 pi)
+                       + w2 b2 (sqrt a - sqrt b)^2 / 2 / (sqrt(a' b') + w2 sqrt(ab) / 2 + b2),
+    every term free of cancellation (1 - cos t = 2 sin^2(t / 2)).
+    """
+    root, root_next = torch.sqrt(a * b), torch.sqrt(a_next * b_next)
+    gap = (w2 * root * (2 * math.pi * torch.sin(t / 2) ** 2 - (torch.sin(t) - t * torch.cos(t))) / (2 * math.pi)
+           + w2 * b2 * (torch.sqrt(a) - torch.sqrt(b)) ** 2 / 2 / (root_next + w2 * root / 2 + b2))
+    half = torch.clamp(gap / torch.where(root_next > 0, root_next, torch.ones_like(root_next)) / 2, 0, 1)
+    half = torch.where(root_next > 0, half, torch.full_like(half, 0.5))
+    return 2 * torch.atan2(torch.sqrt(half), torch.sqrt(1 - half))
+
+
+def _as_matrix(X, name: str) -> torch.Tensor:
+    X = torch.as_tensor(X)
+    if X.dim() != 2 or not X.is_floating_point() or not torch.isfinite(X).all():
+        raise ValueError(f"{name} must be a finite floating point matrix (N, d_in), got {X.dtype} "
+                         f"of shape {tuple(X.shape)}")
+    return X
+
+
+# ------------------------------------------------------------------------------ expected NPK
+def expected_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
+    """The expected NPK of `model`'s architecture at a random He-initialised gating network: (N, M).
+
+    Only the architecture is read (op list, gating kind, value input, unit counts), never the weights.
+    The result is the product of the expected overlaps (module docstring), the infinite-width limit of
+    H / prod_l C_l times prod_l C_l. Hard gates only (soft gates have no closed form); supported ops:
+    Linear, Gate, AvgPool, GlobalAvgPool, Flatten, Readout (a Residual's expected gates would depend on
+    the block-output scaling of its initialisation). Blocks of samples keep the pair kernels under
+    `memory_budget` bytes.
+    """
+    if not isinstance(model, GatedNet):
+        raise TypeError(f"expected_npk needs an npk gated model (npk.models.*), got {type(model).__name__}")
+    if model.gate_kind != "hard":
+        raise ValueError("expected_npk has a closed form for hard gates only; build the model with gate='hard'")
+    if any(isinstance(op, graph.Residual) for op in graph.walk(model.ops)):
+        raise ValueError("expected_npk supports Linear, Gate, AvgPool, GlobalAvgPool, Flatten and Readout ops, "
+                         "not Residual: use a model without skips")
+    X = check_input(X, model.input_shape, "X")
+    Y = X if Y is None else check_input(Y, model.input_shape, "Y")
+    if Y.dtype != X.dtype or Y.device != X.device:
+        raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
+    block = block_size(model, X.element_size(), memory_budget)
+    H = torch.empty(len(X), len(Y), dtype=X.dtype, device=X.device)
+    for r in range(0, len(X), block):
+        for c in range(0, len(Y), block):
+            H[r:r + block, c:c + block] = _expected_block(model, X[r:r + block], Y[c:c + block])
+    return H
+
+
+@dataclass
+class _Moments:
+    """Per-unit second moments of the gating stream for the pairs (x, y), (x, x) and (y, y).
+
+    xy has shape (n, m, *S, *S); xx (n, 1, *S, *S) and yy (m, 1, *S, *S) pair each sample with itself.
+    """
+
+    xy: torch.Tensor
+    xx: torch.Tensor
+    yy: torch.Tensor
+
+    @classmethod
+    def of_input(cls, X: torch.Tensor, Y: torch.Tensor) -> "_Moments":
+        C = X.shape[1]
+        return cls(overlap(X, Y) / C, _self_overlap(X) / C, _self_overlap(Y) / C)
+
+    def map(self, f: Callable[[torch.Tensor], torch.Tensor]) -> "_Moments":
+        return _Moments(f(self.xy), f(self.xx), f(self.yy))
+
+    def arccos(self) -> tuple[torch.Tensor, "_Moments"]:
+        """The gate probabilities of the (x, y) pairs, and the moments after a ReLU."""
+        dx, dy = _diagonal(self.xx), _diagonal(self.yy)
+        gate, xy = arccos_kernels(self.xy, _row(dx), _column(dy, cross=True))
+        xx = arccos_kernels(self.xx, _row(dx), _column(dx, cross=False))[1]
+        yy = arccos_kernels(self.yy, _row(dy), _column(dy, cross=False))[1]
+        return gate, _Moments(xy, xx, yy)
+
+
+def _row(d: torch.Tensor) -> torch.Tensor:
+    """Variances d (n, *S) of the first side of a pair kernel, broadcastable to (n, ., *S, *S)."""
+    return d.reshape(len(d), 1, *d.shape[1:], *(1,) * (d.dim() - 1))
+
+
+def _column(d: torch.Tensor, cross: bool) -> torch.Tensor:
+    """Variances d (m, *S) of the second side: samples on axis 1 (cross pairs) or axis 0 (self pairs)."""
+    samples = (1, len(d)) if cross else (len(d), 1)
+    return d.reshape(*samples, *(1,) * (d.dim() - 1), *d.shape[1:])
+
+
+def _self_overlap(X: torch.Tensor) -> torch.Tensor:
+    """sum_c x(i, c) x(i', c) for each sample with itself: (n, 1, *S, *S)."""
+    spatial = X.shape[2:]
+    flat = X.reshape(len(X), X.shape[1], -1)
+    return torch.einsum("nci,ncj->nij", flat, flat).reshape(len(X), 1, *spatial, *spatial)
+
+
+def _diagonal(K: torch.Tensor) -> torch.Tensor:
+    """K(i, i) of a self-pair kernel (n, 1, *S, *S): shape (n, *S)."""
+    spatial = K.shape[2:2 + (K.dim() - 2) // 2]
+    P = math.prod(spatial)
+    return K.reshape(len(K), P, P).diagonal(dim1=1, dim2=2).reshape(len(K), *spatial)
+
+
+def _linear_moments(op: graph.Linear, K: torch.Tensor) -> torch.Tensor:
+    """Pre-activation covariance of a He-initialised weight layer from its input's per-unit moments."""
+    if not op.is_conv:
+        return 2 * K
+    kernel = op.module.kernel_size
+    return (2 / math.prod(kernel)) * shift_sum(K, kernel, op.circular)
+
+
+def _shape_moments(op, K: torch.Tensor) -> torch.Tensor:
+    """Pooling acts on per-unit moments as on the NPK; flatten averages the positions' diagonal."""
+    if isinstance(op, graph.Flatten) and K.dim() > 2:
+        return pair_rule(op, K, None) / math.prod(K.shape[2:2 + (K.dim() - 2) // 2])
+    return pair_rule(op, K, None)
+
+
+def _expected_block(model: GatedNet, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    M = overlap(model.value_stream_input(X), model.value_stream_input(Y))
+    stream = _Moments.of_input(X, Y)
+    for op in model.ops:
+        if isinstance(op, graph.Gate):
+            gate, after_relu = q.arccos()
+            M = units * gate * M
+            if model.gating in ("self", "relu"):
+                stream = after_relu
+            elif model.gating == "linear":
+                stream = q
+            continue
+        M = pair_rule(op, M, None)
+        if isinstance(op, graph.Linear):
+            q = stream.map(lambda K: _linear_moments(op, K))
+            units = op.module.weight.shape[0]
+        elif not isinstance(op, graph.Readout):
+            stream = stream.map(lambda K: _shape_moments(op, K))
+    return M
