@@ -1,0 +1,15 @@
+"""npk-evolution: nu_t = y^T (H_t / tr H_t)^(-1) y and the alignment of a ReLU net's NPK along training, on
+the binary 4-vs-7 task and the multi-class task ("Neural Path Features and Neural Path Kernel",
+arXiv 2006.10529: a depth-6, width-100, bias-free net with weights +-sqrt(2/w); nu_t falls during training).
+
+CPU (digits, about a minute):         python analysis/npk_evolution.py
+MNIST 4 vs 7 and 10 classes (GPU):    python analysis/npk_evolution.py --config analysis/configs/npk-evolution.json
+  (the four MNIST idx files in ./data/mnist, or pass --data-root)
+Any flag of `npk run` works here (--out, --force, --quick, --set key=value).
+"""
+import sys
+
+from npk.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", "npk-evolution", *sys.argv[1:]]))

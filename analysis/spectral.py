@@ -1,0 +1,16 @@
+"""spectral: the open question of arXiv 2110.03403, "Is DLGN a universal spectral approximator?": the
+eigenvalue decay, the principal angles between top-k eigenspaces, the kernel-target alignment and the
+top-k label energy of the DLGN's learnt NPK against the DNN's learnt NPK and empirical NTK, over a grid of
+depths and widths.
+
+CPU (digits, depths 2, 4 x widths 64, 256; a few minutes):  python analysis/spectral.py
+CIFAR-10, a larger grid (GPU):  python analysis/spectral.py --config analysis/configs/spectral.json
+  (CIFAR-10 python batches in ./data/cifar-10-batches-py, or pass --data-root)
+Any flag of `npk run` works here (--out, --force, --quick, --set key=value).
+"""
+import sys
+
+from npk.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", "spectral", *sys.argv[1:]]))
