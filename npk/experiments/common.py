@@ -43,6 +43,13 @@ def make_model(family: str, kind: str, data: datasets.Dataset, cfg: dict, **opts
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
 
+def gated_opts(kind: str, cfg: dict) -> dict:
+    """Constructor options of a DGN / DLGN (gate kind, beta, value input); a DNN is a plain ReLU net."""
+    if kind == "dnn":
+        return {}
+    return dict(gate=cfg["gate"], beta=cfg["beta"], value_input=cfg["value_input"])
+
+
 def input_view(family: str, data: datasets.Dataset) -> datasets.Dataset:
     """Images for conv nets, flat vectors for the others."""
     return data if family == "conv" else data.flat()

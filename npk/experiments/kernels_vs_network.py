@@ -9,8 +9,8 @@ from __future__ import annotations
 from ..kernels.linalg import spectrum
 from ..plots import gram_heatmap, spectrum_plot
 from .base import experiment
-from .common import (fit_network, grams, infinite_ntk_fn, input_view, kernel_accuracy, load_data, make_model,
-                     npk_fn, ntk_fn)
+from .common import (fit_network, gated_opts, grams, infinite_ntk_fn, input_view, kernel_accuracy, load_data,
+                     make_model, npk_fn, ntk_fn)
 
 KERNELS = ("npk-init", "npk-learnt", "ntk-init", "ntk-end", "ntk-inf")
 
@@ -22,6 +22,7 @@ KERNELS = ("npk-init", "npk-learnt", "ntk-init", "ntk-end", "ntk-inf")
     defaults=dict(dataset="digits", data_root=None, n_train=None, n_test=None, binary=None, seed=0,
                   family="fc", kinds=["dnn", "dgn", "dlgn"], widths=[128, 128, 128], channels=[32, 32],
                   padding="circular", res_width=64, res_blocks=3, device="cpu",
+                  gate="soft", beta=4.0, value_input="x",
                   epochs=20, batch_size=32, optimizer="adam", lr=1e-3, kernels=["npk-init", "npk-learnt"]),
     quick=dict(n_train=300, n_test=100, widths=[32, 32], channels=[4, 4], epochs=2, res_width=16, res_blocks=2),
 )
@@ -32,7 +33,7 @@ def kernels_vs_network(cfg: dict, run) -> dict:
     data = input_view(cfg["family"], load_data(cfg, flatten=False))
     rows, spectra, results = [], {}, {}
     for kind in cfg["kinds"]:
-        model = make_model(cfg["family"], kind, data, cfg)
+        model = make_model(cfg["family"], kind, data, cfg, **gated_opts(kind, cfg))
         kernels = {}
         if "npk-init" in cfg["kernels"]:
             kernels["npk-init"] = grams(run, f"{kind}-npk-init", npk_fn(model), data)

@@ -102,13 +102,6 @@ def build_model(family: str, kind: str, data, cfg: dict, seed: int, **opts) -> m
     return PRESETS[family][preset](kind, in_channels=C, input_size=tuple(spatial), d_out=data.n_classes, **opts)
 
 
-def gated_opts(kind: str, cfg: dict) -> dict:
-    """Constructor options of a DGN / DLGN (gate kind, beta, value input); a DNN is a plain ReLU net."""
-    if kind == "dnn":
-        return {}
-    return dict(gate=cfg["gate"], beta=cfg["beta"], value_input=cfg["value_input"])
-
-
 def train_net(run: Run, key: str, model: torch.nn.Module, data, cfg: dict, seed: int, *, epochs: int | None = None,
               keep_best: bool = False, callback=None) -> TrainResult:
     """Train `model` in place with cfg's optimiser settings, checkpointed under cache/<key>: a rerun resumes
