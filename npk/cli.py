@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="assignments", type=parse_assignment, action="append", default=[],
                        metavar="KEY=VALUE", help="override one config key (repeatable)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is often "
+                       "fastest for small nets on a busy machine")
 
     add_run_options(sub.add_parser("demo", help="the tour: networks vs their kernels, theorem checks, spectra"))
     run = sub.add_parser("run", help="run one experiment of the papers")
@@ -64,6 +66,9 @@ def main(argv=None) -> int:
             print(f"{name:<{width}}  {exp.claim}")
         return 0
     name = "demo" if args.command == "demo" else args.name
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
         folder = base.run_experiment(name, args.out, overrides_from(args), force=args.force, quick=args.quick,

@@ -5,11 +5,11 @@ from .base import EXPERIMENTS, experiment
 
 # What each section of the tour overrides in its experiment's defaults (sized for 2 CPU cores).
 SECTIONS = {
-    "kernels-vs-network": dict(kinds=["dnn", "dgn", "dlgn"], widths=[128, 128, 128], epochs=20,
+    "kernels-vs-network": dict(kinds=["dnn", "dgn", "dlgn"], widths=[128, 128, 128], epochs=15,
                                kernels=["npk-init", "npk-learnt", "ntk-init", "ntk-end", "ntk-inf"]),
     "dnn-dgn-dlgn": dict(families=["conv"], epochs=8),
     "theorems": dict(),
-    "spectral": dict(),
+    "spectral": dict(depths=[2, 4], widths=[128]),
 }
 SHARED = ("dataset", "data_root", "n_train", "n_test", "seed")
 
