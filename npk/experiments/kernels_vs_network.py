@@ -54,7 +54,7 @@ def kernels_vs_network(cfg: dict, run) -> dict:
         if kind == cfg["kinds"][-1] and "npk-learnt" in kernels:
             heatmap = run.figure_path(f"gram-{kind}-npk-learnt.png")
             gram_heatmap(kernels["npk-learnt"][0], data.y_train, path=heatmap,
-                         title=f"{kind.upper()} NPK of the learnt gates (train set, sorted by class)")
+                         title=f"{kind.upper()} NPK, learnt gates (train set)")
     columns = ["network", "net best acc", "net final acc", *[f"KRR {k}" for k in kernels]]
     report = run.report
     report.heading(f"Kernels against the network ({cfg['family']}, {cfg['dataset']})")

@@ -30,7 +30,9 @@ import torch
 from .. import graph
 from ..models.base import GatedNet, check_input
 
-DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for the pair kernel of one block
+# bytes for the pair kernels of one block: on a CPU, blocks whose tensors stay under glibc's mmap threshold
+# are several times faster than large ones (a large tensor is freshly mapped and page-faulted at every op)
+DEFAULT_MEMORY_BUDGET = 32 * 2**20
 
 
 def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, gates: str | None = None,
@@ -165,31 +167,33 @@ def spatial_dims(M: torch.Tensor) -> int:
 
 
 def shift_sum(M: torch.Tensor, kernel_size: Sequence[int], circular: bool) -> torch.Tensor:
-    """sum_o M(i + o, i' + o) over the kernel offsets o; outside the image: wrap around or zero."""
+    """sum_o M(i + o, i' + o) over the kernel offsets o; outside the image: wrap around or zero.
+
+    The offsets are a product over the spatial axes and so is 'i + o and i' + o inside the image', so
+    the sum is taken one axis at a time, adding shifted slices (no rolled copies, no masks).
+    """
     d = spatial_dims(M)
-    sizes = M.shape[2:2 + d]
-    dims = tuple(range(2, 2 + 2 * d))
-    out = torch.zeros_like(M)
-    for offset in itertools.product(*[range(-(k // 2), k // 2 + 1) for k in kernel_size]):
-        shifted = torch.roll(M, shifts=tuple(-o for o in offset) * 2, dims=dims)
-        if not circular:
-            shifted = shifted * _inside_mask(offset, sizes, M)
-        out += shifted
+    for axis, k in enumerate(kernel_size):
+        M = _axis_shift_sum(M, 2 + axis, 2 + d + axis, k // 2, circular)
+    return M
+
+
+def _axis_shift_sum(M: torch.Tensor, a: int, b: int, r: int, circular: bool) -> torch.Tensor:
+    """sum_{o = -r..r} M(.., i + o, .., i' + o, ..), i along dim a and i' along dim b."""
+    out = M.clone()
+    for o in range(-r, r + 1):
+        runs = _runs(M.shape[a], o, circular) if o else []
+        for (da, sa, la), (db, sb, lb) in itertools.product(runs, runs):
+            out.narrow(a, da, la).narrow(b, db, lb).add_(M.narrow(a, sa, la).narrow(b, sb, lb))
     return out
 
 
-def _inside_mask(offset, sizes, like: torch.Tensor) -> torch.Tensor:
-    """1 where both i + o and i' + o fall inside the image, as a tensor broadcastable to M."""
-    d = len(sizes)
-    mask = torch.ones((1, 1) + (1,) * (2 * d), dtype=like.dtype, device=like.device)
-    for side in range(2):
-        for axis, (o, n) in enumerate(zip(offset, sizes)):
-            i = torch.arange(n, device=like.device)
-            ok = ((i + o >= 0) & (i + o < n)).to(like.dtype)
-            shape = [1] * (2 + 2 * d)
-            shape[2 + side * d + axis] = n
-            mask = mask * ok.reshape(shape)
-    return mask
+def _runs(n: int, o: int, circular: bool) -> list[tuple[int, int, int]]:
+    """(start, source start, length) of the runs of i in [0, n) whose i + o is inside (or wraps, mod n)."""
+    if circular:
+        o %= n
+        return [run for run in ((0, o, n - o), (n - o, 0, o)) if run[2] > 0]
+    return [(max(0, -o), max(0, o), n - abs(o))] if abs(o) < n else []
 
 
 # ---------------------------------------------------------------------------------- blocking

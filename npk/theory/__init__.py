@@ -2,5 +2,6 @@
 from .result import CheckResult
 from .duality import duality
 from .ntk_vs_npk import ntk_vs_npk
+from .structure import ensemble_decomposition, rotation_invariance
 
-__all__ = ["CheckResult", "duality", "ntk_vs_npk"]
+__all__ = ["CheckResult", "duality", "ntk_vs_npk", "rotation_invariance", "ensemble_decomposition"]
