@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "mse")

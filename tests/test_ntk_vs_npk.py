@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from npk.kernels.npk import _gates, npk_gram
+from npk.kernels.npk import kernel_gates, npk_gram
 from npk.models import DGN, DLGN, DNN
 from npk.models.conv import ConvDGN
 from npk.models.resnet import ResDGN
@@ -54,7 +54,7 @@ def test_expectation_is_exact_over_every_sign_pattern(make, d_in):
     torch.manual_seed(1)
     model = make().double()
     X = torch.randn(4, *d_in, dtype=torch.float64)
-    gates = _gates(model, X, None)
+    gates = kernel_gates(model, X, None)
     net = _FixedGateValueNet(model)
     shapes = {name: p.shape for name, p in net.named_parameters()}
     signs = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=sum(s.numel() for s in shapes.values()))),
@@ -167,6 +167,6 @@ def test_fixed_gate_value_ntk_matches_ntk_gram():
     for model in (DGN(3, [5, 4], d_out=2).double(), ResDGN(3, 4, n_blocks=2).double(), conv_gap([3, 2]).double()):
         X = torch.randn(5, *model.input_shape, dtype=torch.float64)
         net = _FixedGateValueNet(model)
-        ours = _value_ntk(net, X, _gates(model, X, None), {k: v.detach() for k, v in net.named_parameters()})
+        ours = _value_ntk(net, X, kernel_gates(model, X, None), {k: v.detach() for k, v in net.named_parameters()})
         reference = ntk_gram(model, X, params="value", outputs="full")[:, :, 0, 0]
         assert torch.allclose(ours, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())

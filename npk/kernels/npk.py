@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+from dataclasses import dataclass
 from functools import singledispatch
 from pathlib import Path
 from typing import Sequence
@@ -53,8 +54,8 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
     Y = X if symmetric else check_input(Y, model.input_shape, "Y")
     if Y.dtype != X.dtype or Y.device != X.device:
         raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
-    gx = _gates(model, X, gates)
-    gy = gx if symmetric else _gates(model, Y, gates)
+    gx = kernel_gates(model, X, gates)
+    gy = gx if symmetric else kernel_gates(model, Y, gates)
     block = block_size(model, X.element_size(), memory_budget)
     H = torch.empty(len(X), len(Y), dtype=X.dtype, device=X.device)
     pairs = [(r, c) for r in range(0, len(X), block) for c in range(0, len(Y), block) if not symmetric or c >= r]
@@ -83,17 +84,18 @@ def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[
         M = torch.full((len(X), len(Y), *spatial, *spatial), float(X.shape[1]), dtype=X.dtype, device=X.device)
     else:
         M = overlap(X, Y)
-    return propagate(model.ops, M, _Context(gx, gy))
+    return propagate(model.ops, M, GatePair(gx, gy))
 
 
-class _Context:
-    """The gates of the two sides of a block, as the op rules read them."""
+@dataclass
+class GatePair:
+    """The gates of the two sides of a block (one tensor per gated layer each), as the op rules read them."""
 
-    def __init__(self, gx, gy):
-        self.gx, self.gy = gx, gy
+    gx: Sequence[torch.Tensor]
+    gy: Sequence[torch.Tensor]
 
 
-def propagate(ops: Sequence[graph.Op], M: torch.Tensor, ctx: _Context) -> torch.Tensor:
+def propagate(ops: Sequence[graph.Op], M: torch.Tensor, ctx: GatePair) -> torch.Tensor:
     for op in ops:
         M = pair_rule(op, M, ctx)
     return M
@@ -112,7 +114,7 @@ def overlap(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ op rules
 @singledispatch
-def pair_rule(op, M: torch.Tensor, ctx: _Context) -> torch.Tensor:
+def pair_rule(op, M: torch.Tensor, ctx: GatePair) -> torch.Tensor:
     raise TypeError(f"the NPK has no rule for op {op!r}; supported ops: {graph.SUPPORTED_OPS}")
 
 
@@ -213,7 +215,8 @@ def _stream_spatial_shapes(model: GatedNet):
             yield g.shape[2:]
 
 
-def _gates(model: GatedNet, X: torch.Tensor, kind: str | None) -> list[torch.Tensor]:
+def kernel_gates(model: GatedNet, X: torch.Tensor, kind: str | None) -> list[torch.Tensor]:
+    """The model's gates on X (computed in the model's dtype, no autograd), cast to X's dtype."""
     param = next(model.parameters())
     with torch.no_grad():
         return [g.to(X.dtype) for g in model.gates(X.to(param.dtype), kind)]
@@ -247,5 +250,5 @@ def atomic_write(path: Path, write) -> None:
 
 
 def _progress(total: int, enabled: bool | None):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     return tqdm(total=total, desc="NPK blocks", unit="block", disable=(total < 8) if enabled is None else not enabled)

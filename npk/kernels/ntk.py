@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..models.base import GatedNet, check_input
 from .ntk_structured import Structured, add_feature_gram, select_layers

@@ -36,10 +36,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .. import graph
-from ..kernels.npk import _Context, _gates, overlap, pair_rule
+from ..kernels.npk import GatePair, kernel_gates, overlap, pair_rule
 from ..models.base import GATINGS, GatedNet, check_input
 from ..models.init import he_init
 from .result import CheckResult
@@ -62,9 +62,9 @@ def path_length_npks(model: GatedNet, X: torch.Tensor,
     gates: one tensor per gated layer for X (default: `model.gates(X)`).
     """
     X = check_input(X, model.input_shape, "X")
-    gates = _gates(model, X, None) if gates is None else gates
+    gates = kernel_gates(model, X, None) if gates is None else gates
     V = model.value_stream_input(X)
-    return _propagate_by_length(model.ops, {0: overlap(V, V)}, _Context(gates, gates))
+    return _propagate_by_length(model.ops, {0: overlap(V, V)}, GatePair(gates, gates))
 
 
 def _propagate_by_length(ops, kernels: dict[int, torch.Tensor], ctx) -> dict[int, torch.Tensor]:
@@ -180,7 +180,7 @@ def ntk_vs_npk(model: GatedNet, X: torch.Tensor, widths: Sequence[int] = (16, 64
                disable=None if progress is None else not progress)
 
     def sample(net: GatedNet, sigma: float, n: int):
-        gates = _gates(net, X, None)
+        gates = kernel_gates(net, X, None)
         E = expected_value_ntk(net, X, sigma, gates, path_weight)
         if not E.abs().max() > 0:
             raise ValueError("the claimed E[K^v] is zero for every pair of X (no active path); use other inputs")

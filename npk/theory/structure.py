@@ -20,10 +20,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .. import graph
-from ..kernels.npk import _Context, _gates, npk_gram, overlap, propagate
+from ..kernels.npk import GatePair, kernel_gates, npk_gram, overlap, propagate
 from ..models.base import GatedNet, check_input
 from .result import CheckResult
 
@@ -197,7 +197,7 @@ def _path_index(convs, spatial: tuple[int, ...]) -> list[torch.Tensor]:
 def _path_activity(model: GatedNet, X: torch.Tensor, index: list[torch.Tensor]) -> torch.Tensor:
     """A_x(p, i) = prod_l G_l(x)(pos_l(p, i), c_l(p)): (N, n_paths, P)."""
     A = None
-    for G, idx in zip(_gates(model, X, None), index):
+    for G, idx in zip(kernel_gates(model, X, None), index):
         a = G.flatten(1)[:, idx]
         A = a if A is None else A * a
     return A
@@ -282,9 +282,9 @@ def subnetwork_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = No
     """
     X = check_input(X, model.input_shape, "X")
     Y = X if Y is None else check_input(Y, model.input_shape, "Y")
-    gx, gy = gates if gates is not None else (_gates(model, X, None), _gates(model, Y, None))
+    gx, gy = gates if gates is not None else (kernel_gates(model, X, None), kernel_gates(model, Y, None))
     M = overlap(model.value_stream_input(X), model.value_stream_input(Y))
-    return propagate(subnetwork_ops(model.ops, keep), M, _Context(gx, gy))
+    return propagate(subnetwork_ops(model.ops, keep), M, GatePair(gx, gy))
 
 
 def _closed_form_layers(model: GatedNet) -> tuple[list[int], list[int]] | None:
@@ -312,7 +312,7 @@ def ensemble_closed_form(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | Non
     _require_no_bias(model, "the closed form")
     X = check_input(X, model.input_shape, "X")
     Y = X if Y is None else check_input(Y, model.input_shape, "Y")
-    gx, gy = _gates(model, X, None), _gates(model, Y, None)
+    gx, gy = kernel_gates(model, X, None), kernel_gates(model, Y, None)
     H = model.value_stream_input(X) @ model.value_stream_input(Y).T
     stem, blocks = layers
     for layer in stem:
@@ -341,7 +341,7 @@ def ensemble_decomposition(model: GatedNet, X: torch.Tensor, tol: float | None =
     tol = (1e-10 if _is_double(model, X) else 1e-4) if tol is None else float(tol)
     H = npk_gram(model, X)
     scale = _scale(H)
-    gates = (_gates(model, X, None),) * 2
+    gates = (kernel_gates(model, X, None),) * 2
     by_depth = torch.zeros(len(blocks) + 1, *H.shape, dtype=H.dtype, device=H.device)
     for k in range(len(blocks) + 1):
         for J in itertools.combinations(range(len(blocks)), k):
