@@ -21,7 +21,7 @@ install-test: install
 	$(PIP) install --quiet -e ".[dev,ntref]"
 
 demo: install
-	$(VENV)/bin/npk demo
+	$(VENV)/bin/npk demo --force
 
 # Real Fashion-MNIST files for the loader tests (Debian's package); best effort, the tests skip without it.
 data:

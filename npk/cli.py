@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add_run_options(p):
         p.add_argument("--dataset", help="digits (embedded), mnist, fashion-mnist, cifar10, cifar100")
         p.add_argument("--data-root", help="directory holding the data set's official files")
-        p.add_argument("--n", type=int, help="number of training samples (a class-stratified subset)")
+        p.add_argument("--n", type=int, help="training samples (a class-stratified subset); unless --n-test "
+                       "is given, the test set is cut to N / 2 samples too")
+        p.add_argument("--n-test", type=int, help="test samples (a class-stratified subset)")
         p.add_argument("--out", help="run folder (default runs/<name>)")
         p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
         p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
@@ -49,9 +51,11 @@ def overrides_from(args) -> dict:
     if args.config:
         with open(args.config) as f:
             overrides.update(json.load(f))
-    for flag, key in (("dataset", "dataset"), ("data_root", "data_root"), ("n", "n_train")):
+    for flag, key in (("dataset", "dataset"), ("data_root", "data_root"), ("n", "n_train"), ("n_test", "n_test")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
+    if args.n is not None and args.n_test is None:
+        overrides.setdefault("n_test", max(1, args.n // 2))
     overrides.update(dict(args.assignments))
     return overrides
 
