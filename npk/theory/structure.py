@@ -111,7 +111,7 @@ def rotation_invariance(model: GatedNet, X: torch.Tensor, shifts=None, tol: floa
     X = check_input(X, model.input_shape, "X")
     shifts = _shift_list(spatial, shifts)
     tol = (1e-12 if _is_double(model, X) else 1e-5) if tol is None else float(tol)
-    H = npk_gram(model, X, X)      # Y passed explicitly: the shift-0 Grams below are the same computation
+    H = npk_gram(model, X, X, progress=False)      # Y passed explicitly: the shift-0 Grams below are the same computation
     scale = _scale(H)
     one_side, both_sides = [], []
     for s in tqdm(shifts, desc="rotations", unit="shift", disable=None if progress is None else not progress):
@@ -339,7 +339,7 @@ def ensemble_decomposition(model: GatedNet, X: torch.Tensor, tol: float | None =
     _require_no_bias(model, "the ensemble decomposition (each path counted once)")
     X = check_input(X, model.input_shape, "X")
     tol = (1e-10 if _is_double(model, X) else 1e-4) if tol is None else float(tol)
-    H = npk_gram(model, X)
+    H = npk_gram(model, X, progress=False)
     scale = _scale(H)
     gates = (kernel_gates(model, X, None),) * 2
     by_depth = torch.zeros(len(blocks) + 1, *H.shape, dtype=H.dtype, device=H.device)
