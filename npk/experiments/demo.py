@@ -8,7 +8,7 @@ SECTIONS = {
     "kernels-vs-network": dict(kinds=["dnn", "dgn", "dlgn"], widths=[128, 128, 128], epochs=15,
                                kernels=["npk-init", "npk-learnt", "ntk-init", "ntk-end", "ntk-inf"]),
     "dnn-dgn-dlgn": dict(families=["conv"], epochs=8),
-    "theorems": dict(),
+    "theorems": dict(image_shifts=64),  # every shift of an 8x8 image; 64 sampled shifts on larger ones
     "spectral": dict(depths=[2, 4], widths=[128]),
 }
 SHARED = ("dataset", "data_root", "n_train", "n_test", "seed")
