@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import importlib
 import io
 import pickle
@@ -111,12 +110,8 @@ class Dataset:
 
     def checksum(self) -> str:
         """sha256 hex digest of the four arrays (dtype, shape and bytes): a provenance fingerprint."""
-        h = hashlib.sha256()
-        for key in ("X_train", "y_train", "X_test", "y_test"):
-            a = np.ascontiguousarray(getattr(self, key).detach().cpu().numpy())
-            h.update(f"{key}:{a.dtype.str}:{a.shape};".encode())
-            h.update(a.tobytes())
-        return h.hexdigest()
+        from .report import data_checksum
+        return data_checksum({key: getattr(self, key) for key in ("X_train", "y_train", "X_test", "y_test")})
 
 
 @dataclass

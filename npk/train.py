@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .kernels.npk import atomic_write
+
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "mse")
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -251,9 +253,7 @@ def _check_labels(model: nn.Module, X: torch.Tensor, y: torch.Tensor, split: str
 def _save(path: Path, state: dict) -> None:
     """torch.save to a temporary file, then an atomic rename: a crash never leaves a torn checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _resume(path: Path, model, opt, generator, config: dict, epochs: int) -> tuple[TrainResult, int]:

@@ -1,5 +1,6 @@
 """The `npk` command: argument parsing, listing, and its errors."""
 import argparse
+import json
 
 import pytest
 
@@ -42,6 +43,8 @@ def test_a_finished_run_is_not_overwritten_without_force(tmp_path, capsys):
     argv = ["run", "shuffle-and-ones", "--quick", "--no-progress", "--out", str(out)]
     assert cli.main(argv) == 0
     first = (out / "results.json").read_text()
+    sums = json.loads(first)["data_checksums"]
+    assert list(sums) == ["digits binary=None"] and len(sums["digits binary=None"]) == 64
     assert cli.main(argv) == 2
     assert "holds a finished run" in capsys.readouterr().err
     assert (out / "results.json").read_text() == first

@@ -17,11 +17,17 @@ from .base import Run
 FAMILIES = ("fc", "conv", "res")
 
 
-def load_data(cfg: dict, flatten: bool) -> datasets.Dataset:
-    """The data set named by cfg (dataset, data_root, n_train, n_test, seed, binary)."""
-    return datasets.load(cfg["dataset"], root=cfg.get("data_root"), n_train=cfg.get("n_train"),
+def load_data(cfg: dict, flatten: bool, run: Run | None = None) -> datasets.Dataset:
+    """The data set named by cfg (dataset, data_root, n_train, n_test, seed, binary); with `run`, its
+    checksum goes into the run's results.json (provenance)."""
+    data = datasets.load(cfg["dataset"], root=cfg.get("data_root"), n_train=cfg.get("n_train"),
                          n_test=cfg.get("n_test"), binary=cfg.get("binary"), seed=cfg.get("seed", 0),
                          flatten=flatten)
+    if run is not None:
+        sums = dict(run.dir.results.get("data_checksums", {}))
+        sums[f"{data.name} binary={cfg.get('binary')}"] = data.checksum()
+        run.dir.save_results(data_checksums=sums)
+    return data
 
 
 def make_model(family: str, kind: str, data: datasets.Dataset, cfg: dict, **opts) -> models.GatedNet:

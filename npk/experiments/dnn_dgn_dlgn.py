@@ -31,7 +31,7 @@ from .regimes_table import (accuracy_summary, bars_with_errors, build_model, che
 )
 def dnn_dgn_dlgn(cfg: dict, run) -> dict:
     seeds = check_common(cfg, cfg["families"], cfg["kinds"])
-    data = load_data(cfg, flatten=False)
+    data = load_data(cfg, flatten=False, run=run)
     summary, ratios, rows = {}, {}, []
     for family in cfg["families"]:
         fdata = family_view(family, data, cfg)

@@ -90,7 +90,7 @@ def copy_plot(ks, flnpf: list[dict], relu_epochs, relu_acc, relu_best: float, pa
 def gate_copy(cfg: dict, run) -> dict:
     seeds = check_common(cfg, [cfg["family"]])
     ks, relu_epochs = check_epochs(cfg["copy_epochs"], cfg["relu_epochs"])
-    data = family_view(cfg["family"], load_data(cfg, flatten=False), cfg)
+    data = family_view(cfg["family"], load_data(cfg, flatten=False, run=run), cfg)
     relu_runs, relu_init, flnpf_runs = [], [], {k: [] for k in ks}
     for seed in seeds:
         template = build_model(cfg["family"], "dnn", data, cfg, seed)

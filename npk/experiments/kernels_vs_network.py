@@ -30,7 +30,7 @@ def kernels_vs_network(cfg: dict, run) -> dict:
     unknown = sorted(set(cfg["kernels"]) - set(KERNELS))
     if unknown:
         raise ValueError(f"unknown kernels {unknown}; choose from {list(KERNELS)}")
-    data = input_view(cfg["family"], load_data(cfg, flatten=False))
+    data = input_view(cfg["family"], load_data(cfg, flatten=False, run=run))
     rows, spectra, results = [], {}, {}
     for kind in cfg["kinds"]:
         model = make_model(cfg["family"], kind, data, cfg, **gated_opts(kind, cfg))

@@ -119,10 +119,10 @@ def npk_evolution(cfg: dict, run) -> dict:
     tasks = {}
     if cfg["binary"] is not None:
         a, b = cfg["binary"]
-        tasks[f"{a} vs {b}"] = (cfg, load_data(cfg, flatten=True))
+        tasks[f"{a} vs {b}"] = (cfg, load_data(cfg, flatten=True, run=run))
     if cfg["multiclass"]:
         multi = {**cfg, "binary": None}
-        data = load_data(multi, flatten=True)
+        data = load_data(multi, flatten=True, run=run)
         tasks[f"{data.n_classes} classes"] = (multi, data)
     results = {name: evolve(run, task_cfg, name.replace(" ", "-"), data) for name, (task_cfg, data) in tasks.items()}
     _report(run, cfg, results)

@@ -207,7 +207,7 @@ def regimes_table(cfg: dict, run) -> dict:
     check_subset("regimes", cfg["regimes"], REGIMES)
     if "FLNPF" in cfg["regimes"] and "ReLU" not in cfg["regimes"]:
         raise ValueError("FLNPF copies the gates of the trained ReLU network: keep 'ReLU' in regimes")
-    data = load_data(cfg, flatten=False)
+    data = load_data(cfg, flatten=False, run=run)
     order = [name for name in PAPER_ORDER if name in cfg["regimes"]]
     summary, agreement, rows_best, rows_final, paragraphs = {}, {}, [], [], []
     for family in cfg["families"]:

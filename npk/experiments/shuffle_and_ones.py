@@ -84,7 +84,7 @@ def shuffle_and_ones(cfg: dict, run) -> dict:
     if not isinstance(cfg["npk_samples"], int) or cfg["npk_samples"] < 2:
         raise ValueError(f"npk_samples must be an int >= 2 (training inputs for the NPK comparison), "
                          f"got {cfg['npk_samples']!r}")
-    data = family_view(cfg["family"], load_data(cfg, flatten=False), cfg)
+    data = family_view(cfg["family"], load_data(cfg, flatten=False, run=run), cfg)
     summary, stats, rows = {}, {}, []
     for kind in cfg["kinds"]:
         runs = [run_kind(run, cfg["family"], kind, data, cfg, seed) for seed in seeds]

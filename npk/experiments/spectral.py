@@ -77,7 +77,7 @@ def spectral(cfg: dict, run) -> dict:
         if not values or len(set(values)) != len(values) or any(not isinstance(v, int) or v < 1 for v in values):
             raise ValueError(f"{key} must be a list of distinct positive ints (the grid; every hidden layer of a "
                              f"net has the same width), got {values!r}")
-    data = load_data(cfg, flatten=True)
+    data = load_data(cfg, flatten=True, run=run)
     index = kernel_subset(data, cfg["n_kernel"], cfg["seed"])
     cells = [grid_cell(run, cfg, data, index, d, w) for d in cfg["depths"] for w in cfg["widths"]]
     tables = _report(run, cfg, cells, data.n_classes)

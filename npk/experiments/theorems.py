@@ -154,7 +154,7 @@ def theorems(cfg: dict, run) -> dict:
         raise ValueError("ntk_widths and ensemble_blocks must be non-empty lists, e.g. [16, 64, 256] and [1, 2, 3]")
     if cfg["image_shifts"] is not None and not (isinstance(cfg["image_shifts"], int) and cfg["image_shifts"] >= 2):
         raise ValueError(f"image_shifts must be None (every circular shift) or an int >= 2, got {cfg['image_shifts']!r}")
-    data = load_data(cfg, flatten=False)
+    data = load_data(cfg, flatten=False, run=run)
     if len(data.shape) != 3:
         raise ValueError(f"the image rotation check needs 2-D images (C, H, W); {cfg['dataset']} has shape {data.shape}")
     images = data.X_train[:cfg["n_images"]].double()
