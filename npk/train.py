@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .kernels.npk import atomic_write
+from .kernels.store import atomic_write
 
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "mse")

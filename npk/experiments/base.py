@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..kernels.npk import atomic_write
+from ..kernels.store import atomic_write
 from ..report import Report, RunDir
 
 EXPERIMENTS: dict[str, "Experiment"] = {}

@@ -18,9 +18,7 @@ The fully connected case is H = (X X^T) * prod_l (G_l G_l^T) (elementwise), with
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import os
 from dataclasses import dataclass
 from functools import singledispatch
 from pathlib import Path
@@ -30,6 +28,9 @@ import torch
 
 from .. import graph
 from ..models.base import GatedNet, check_input
+from ..models.gates import check_kind
+from .compact import compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates, unpack_gates
+from .gram import TileKernel, available_memory, blocked_gram, dtype_size, preflight
 
 # bytes for the pair kernels of one block: on a CPU, blocks whose tensors stay under glibc's mmap threshold
 # are several times faster than large ones (a large tensor is freshly mapped and page-faulted at every op)
@@ -38,13 +39,36 @@ DEFAULT_MEMORY_BUDGET = 32 * 2**20
 
 def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, gates: str | None = None,
              memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool | None = None,
-             checkpoint_dir: str | Path | None = None) -> torch.Tensor:
+             checkpoint_dir: str | Path | None = None, *, out=None, max_memory: int | None = None,
+             scheduler=None) -> torch.Tensor:
     """The NPK Gram matrix H[a, b] = <phi_{X_a}, phi_{Y_b}> of `model`'s gates, shape (N, M).
 
-    gates: None uses the model's own gates; "hard" / "soft" recomputes them from the same pre-activations.
-    The result has X's dtype and device (gates are computed in the model's dtype, then cast). Blocks of
-    sample pairs are sized so that the pair kernel of a block stays under `memory_budget` bytes. With
-    `checkpoint_dir`, every finished block is saved there (atomically) and a rerun skips the saved ones.
+    Computed by the blocked driver `npk.kernels.gram.blocked_gram` in tiles whose pair kernels stay
+    under `memory_budget` bytes (only the upper tiles when Y is None). The gates of all inputs are
+    computed once and kept compactly (hard: one bit per gate, exact; soft: the model's dtype) when they
+    fit in memory beside the Gram, else recomputed for each tile's inputs. Cost: time ~ N M P^2 per
+    layer for P positions per image; memory: the Gram (unless out=), the gates, one tile.
+
+    Args:
+        model: an npk gated model.
+        X, Y: inputs (N, *input_shape), (M, *input_shape) of one dtype and device (Y None: Y = X).
+        gates: None for the model's own gates; "hard" / "soft" recomputes them from the same pre-activations.
+        memory_budget: bytes for the pair kernels of one tile (sets the tile side).
+        progress: tqdm bar (None: only for 8 tiles or more).
+        checkpoint_dir: finished tiles are stored there (fingerprinted, checksummed); a rerun skips them.
+        out: None, a numpy array / memmap (N, M) of X's dtype, or a .npy path (filled tile by tile).
+        max_memory: bytes it may use; refused up front (MemoryError, one line) if the estimate is over
+            (default: the memory available).
+        scheduler: a dask.distributed Client or a scheduler address: tiles run on the cluster.
+    Returns:
+        H (N, M) in X's dtype, on X's device (gates are computed in the model's dtype); with out=, a
+        tensor sharing the array's memory.
+
+    Example:
+        >>> model = npk.models.DLGN(4, [8, 8], 1).double()
+        >>> X = torch.randn(6, 4, dtype=torch.float64)
+        >>> npk_gram(model, X).shape
+        torch.Size([6, 6])
     """
     if not isinstance(model, GatedNet):
         raise TypeError(f"npk_gram needs an npk gated model (npk.models.*), got {type(model).__name__}; "
@@ -54,31 +78,63 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
     Y = X if symmetric else check_input(Y, model.input_shape, "Y")
     if Y.dtype != X.dtype or Y.device != X.device:
         raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
-    gx = kernel_gates(model, X, gates)
-    gy = gx if symmetric else kernel_gates(model, Y, gates)
+    kernel = NPKTiles(model, gates or model.gate_kind, X.dtype, memory_budget)
     block = block_size(model, X.element_size(), memory_budget)
-    H = torch.empty(len(X), len(Y), dtype=X.dtype, device=X.device)
-    pairs = [(r, c) for r in range(0, len(X), block) for c in range(0, len(Y), block) if not symmetric or c >= r]
-    store = BlockStore(checkpoint_dir, (len(X), len(Y), block, symmetric)) if checkpoint_dir else None
-    bar = _progress(len(pairs), progress)
-    for r, c in pairs:
-        rs, cs = slice(r, r + block), slice(c, c + block)
-        done = store.load(r, c) if store else None
-        if done is None:
-            done = pair_kernel(model, X[rs], Y[cs], [g[rs] for g in gx], [g[cs] for g in gy])
-            if store:
-                store.save(r, c, done)
-        H[rs, cs] = done.to(H)
-        if symmetric and c != r:
-            H[cs, rs] = H[rs, cs].T
-        bar.update()
-    bar.close()
-    return H
+    n_gated = len(X) + (0 if symmetric else len(Y))
+    parts = {"Gram": 0 if out is not None else len(X) * len(Y) * X.element_size(),
+             "one tile": kernel.work_bytes(block, block)}
+    resident = {"gates": kernel.gate_bytes(n_gated)}
+    room = (max_memory if max_memory is not None else available_memory()) - sum(parts.values())
+    if resident["gates"] > room // 2:            # the gates of all inputs do not fit: computed per tile
+        resident, kernel.precomputed = {}, False
+    preflight("npk_gram", {**parts, **resident}, max_memory)     # before the gates are computed
+    if kernel.precomputed:
+        X = (X, kernel.all_gates(X))
+        Y = None if symmetric else (Y, kernel.all_gates(Y))
+    return blocked_gram(kernel, X, None if symmetric else Y, block=block, out=out, checkpoint_dir=checkpoint_dir,
+                        scheduler=scheduler, progress=progress, max_memory=max_memory, resident=resident,
+                        entry="npk_gram")
+
+
+class NPKTiles(TileKernel):
+    """The NPK as a tile kernel: inputs are X slices, or (X slice, compact gates) when `precomputed`."""
+
+    name = "NPK"
+
+    def __init__(self, model: GatedNet, kind: str, dtype: torch.dtype, memory_budget: int):
+        self.model, self.kind, self.dtype = model, check_kind(kind), dtype
+        self.key = {"kernel": "npk", "gates": self.kind, "dtype": str(dtype)}
+        self.shapes, self.budget, self.precomputed = gate_shapes(model), memory_budget, True
+        self.model_itemsize = next(model.parameters()).element_size()
+
+    def gate_bytes(self, n: int) -> int:
+        return gate_bytes(self.shapes, n, self.kind, self.model_itemsize)
+
+    def all_gates(self, X: torch.Tensor):
+        """The compact gates of all of X, computed in chunks of about one tile budget of float gates."""
+        per_sample = max(1, gates_per_sample(self.shapes) * self.model_itemsize)
+        return compute_gates(self.model, X, self.kind, rows=max(1, self.budget // per_sample))
+
+    def prepare(self, xs):
+        X, gates = xs if self.precomputed else (xs, model_gates(self.model, xs, self.kind))
+        return X, unpack_gates(gates, self.dtype)
+
+    def tile(self, fx, fy) -> torch.Tensor:
+        return pair_kernel(self.model, fx[0], fy[0], fx[1], fy[1])
+
+    def work_bytes(self, n: int, m: int) -> int:
+        """The pair kernels (the budget) and both sides' float gates."""
+        return self.budget + (n + m) * gates_per_sample(self.shapes) * max(self.model_itemsize, dtype_size(self.dtype))
 
 
 def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[torch.Tensor],
                 gy: Sequence[torch.Tensor]) -> torch.Tensor:
-    """NPK of one block: propagate the input pair kernel through the model's op list."""
+    """NPK of one tile: propagate the input pair kernel through the model's op list.
+
+    gx, gy: the gates of X and Y, one float tensor per gated layer, or compact (`npk.kernels.compact`:
+    PackedGates / DenseGates), unpacked here to X's dtype.
+    """
+    gx, gy = unpack_gates(gx, X.dtype), unpack_gates(gy, X.dtype)
     if model.value_input == "ones":
         spatial = X.shape[2:]
         M = torch.full((len(X), len(Y), *spatial, *spatial), float(X.shape[1]), dtype=X.dtype, device=X.device)
@@ -217,38 +273,4 @@ def _stream_spatial_shapes(model: GatedNet):
 
 def kernel_gates(model: GatedNet, X: torch.Tensor, kind: str | None) -> list[torch.Tensor]:
     """The model's gates on X (computed in the model's dtype, no autograd), cast to X's dtype."""
-    param = next(model.parameters())
-    with torch.no_grad():
-        return [g.to(X.dtype) for g in model.gates(X.to(param.dtype), kind)]
-
-
-class BlockStore:
-    """Finished Gram blocks on disk, written atomically; `key` (shapes, block size) must match on resume."""
-
-    def __init__(self, directory: str | Path, key: tuple):
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "blocks.json"
-        if meta.exists() and json.loads(meta.read_text()) != list(key):
-            raise ValueError(f"{self.dir} holds Gram blocks of another computation (N, M, block, symmetric = "
-                             f"{json.loads(meta.read_text())}, now {list(key)}); use an empty checkpoint_dir")
-        atomic_write(meta, lambda path: Path(path).write_text(json.dumps(list(key))))
-
-    def load(self, r: int, c: int) -> torch.Tensor | None:
-        path = self.dir / f"block_{r}_{c}.pt"
-        return torch.load(path) if path.exists() else None
-
-    def save(self, r: int, c: int, block: torch.Tensor) -> None:
-        atomic_write(self.dir / f"block_{r}_{c}.pt", lambda path: torch.save(block.cpu(), path))
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp) and move tmp over `path`, so a reader never sees a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _progress(total: int, enabled: bool | None):
-    from tqdm import tqdm
-    return tqdm(total=total, desc="NPK blocks", unit="block", disable=(total < 8) if enabled is None else not enabled)
+    return unpack_gates(model_gates(model, X, kind), X.dtype)

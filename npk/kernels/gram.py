@@ -1,0 +1,309 @@
+"""The one blocked-Gram driver: every N x M kernel matrix of npk is filled here, tile by tile.
+
+    G[a, b] = k(x_a, y_b),  a < N, b < M,  filled in b x b tiles G[I, J] = tile(prepare(X[I]), prepare(Y[J]))
+
+A kernel plugs in as a `TileKernel`: one function `tile` from the features of two slices of inputs to
+their (n, m, ...) block. The driver
+  - checks memory first (`preflight`): the Gram (unless it goes to a file), what the kernel keeps for
+    all inputs (e.g. packed gates) and one tile's work, against `max_memory` or the memory available;
+  - computes only the upper tiles of a symmetric Gram (Y None) and mirrors them, iterating tiles lazily;
+  - writes into `out`: a new tensor, a numpy array / memmap, or a `.npy` path (a memmap, so a Gram larger
+    than memory is filled tile by tile);
+  - resumes from a `TileStore` in `checkpoint_dir` (`npk.kernels.store`), keyed by a fingerprint of the
+    model, the inputs, the kernel's options and the tiling;
+  - sends tiles to a Dask cluster with `scheduler=` (`npk.kernels.dist`); the result is the same, bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .store import TileStore, digest_tensors, model_fingerprint
+
+
+class TileKernel:
+    """A kernel the driver can fill a Gram with. To add one, subclass and define:
+
+        tile(fx, fy) -> tensor (n, m, *extra_shape)   the kernel between the features of two input slices
+        name, dtype, extra_shape                       for the progress bar and the output
+        key: dict                                      options that change the values (JSON), for the store
+    and, when the default does not fit:
+        prepare(xs) -> features of a slice of inputs   default: the slice itself
+        work_bytes(n, m) -> int                        peak bytes of one tile with its features (default 0)
+        cache_blocks: int                              how many blocks' features to keep (default 2)
+    Inputs are a tensor or a tuple of sample-indexed objects (sliced together). Attributes that are
+    nn.Modules travel to Dask workers as their module tree and state dict; attributes whose name starts
+    with "_" are caches, rebuilt where the kernel runs.
+    """
+
+    name = "Gram"
+    dtype = torch.float64
+    extra_shape: tuple[int, ...] = ()
+    key: dict = {}
+    cache_blocks = 2
+
+    def prepare(self, xs):
+        return xs
+
+    def tile(self, fx, fy) -> torch.Tensor:
+        raise NotImplementedError
+
+    def work_bytes(self, n: int, m: int) -> int:
+        return 0
+
+    def compute(self, xs, ys) -> torch.Tensor:
+        """The tile of two input slices (what a Dask task runs)."""
+        return self.tile(self.prepare(xs), self.prepare(ys))
+
+    def modules(self) -> list[nn.Module]:
+        return [v for v in vars(self).values() if isinstance(v, nn.Module)]
+
+    def __getstate__(self) -> dict:
+        return {k: _ModelParcel(v) if isinstance(v, nn.Module) else v for k, v in vars(self).items()
+                if not k.startswith("_")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({k: v.rebuild() if isinstance(v, _ModelParcel) else v for k, v in state.items()})
+
+
+class _ModelParcel:
+    """A model as its module tree without weights (on the meta device) and its state dict."""
+
+    def __init__(self, model: nn.Module):
+        self.skeleton = copy.deepcopy(model).to("meta")
+        self.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    def rebuild(self) -> nn.Module:
+        model = copy.deepcopy(self.skeleton).to_empty(device="cpu")
+        model.load_state_dict(self.state)
+        return model.eval()
+
+
+def blocked_gram(kernel: TileKernel, X, Y=None, *, block: int, out=None, checkpoint_dir=None, scheduler=None,
+                 progress: bool | None = None, max_memory: int | None = None, resident: dict | None = None,
+                 entry: str = "the Gram") -> torch.Tensor:
+    """Fill the Gram of `kernel` between the inputs X (N samples) and Y (M; None: Y = X, symmetric).
+
+    Args:
+        kernel: the TileKernel.
+        X, Y: a tensor or a tuple of sample-indexed objects (tensors, PackedGates), sliced together.
+        block: tile side (samples).
+        out: None (a new tensor on X's device), a numpy array / memmap of shape (N, M, *extra) and the
+            kernel's dtype, or a path ending in .npy (created, or reopened to resume with checkpoint_dir).
+        checkpoint_dir: a folder for the TileStore; finished tiles there are skipped on a rerun.
+        scheduler: a dask.distributed Client or a scheduler address: tiles run on the cluster.
+        progress: tqdm bar (None: for 8 tiles or more).
+        max_memory: bytes the computation may use (default: the memory available now).
+        resident: {what: bytes} the caller already keeps for all inputs (counted by the preflight).
+        entry: the name used in the preflight message (e.g. "npk_gram").
+    Returns:
+        The Gram (N, M, *extra), a tensor; with out= an array or path, a tensor sharing its memory.
+
+    Example:
+        >>> class Dot(TileKernel):
+        ...     def tile(self, fx, fy): return fx @ fy.T
+        >>> X = torch.randn(5, 3, dtype=torch.float64)
+        >>> torch.allclose(blocked_gram(Dot(), X, block=2), X @ X.T)
+        True
+    """
+    symmetric = Y is None
+    Y = X if symmetric else Y
+    N, M = _length(X), _length(Y)
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"block (tile side in samples) must be a positive int, got {block!r}")
+    block = min(block, max(N, M, 1))
+    shape = (N, M, *kernel.extra_shape)
+    preflight(entry, {"Gram": 0 if out is not None else math.prod(shape) * dtype_size(kernel.dtype),
+                      **(resident or {}), "one tile": kernel.work_bytes(block, block)}, max_memory)
+    fresh = out is not None and not Path(out).exists() if isinstance(out, (str, os.PathLike)) else False
+    H, array = _output(out, shape, kernel.dtype, _device(X))
+    store = None
+    if checkpoint_dir is not None:
+        fingerprint = {"model": [model_fingerprint(m) for m in kernel.modules()],
+                       "inputs": _inputs_digest(X, None if symmetric else Y), "kernel": kernel.key,
+                       "tiling": {"N": N, "M": M, "block": block, "symmetric": symmetric, "dtype": str(kernel.dtype)}}
+        store = TileStore(checkpoint_dir, fingerprint, holds_tiles=array is None)
+    rows, cols = _cuts(N, block), _cuts(M, block)
+    total = len(rows) * (len(rows) + 1) // 2 if symmetric else len(rows) * len(cols)
+    with _bar(total, progress, kernel.name) as bar, (store or _Nothing()) as store:
+        if store is not None and fresh:
+            for path in store.dir.glob("tile_*.pt"):   # records of tiles in an output file that is gone
+                path.unlink()
+
+        def pending():   # lazily: the tiles not in the store (finished ones are placed on the way)
+            for i, j in _tiles(len(rows), len(cols), symmetric):
+                done = store.load(i, j, written=H[rows[i], cols[j]]) if store is not None else None
+                if done is None:
+                    yield i, j
+                    continue
+                _place(H, H[rows[i], cols[j]] if done is True else done, rows[i], cols[j], symmetric and i != j)
+                bar.update()
+
+        todo = pending()
+        if scheduler is not None:
+            from .dist import dask_tiles
+            results = dask_tiles(scheduler, kernel, X, Y, todo, rows, cols, store)
+        else:
+            results = _serial_tiles(kernel, X, Y, todo, rows, cols, symmetric)
+        for i, j, tile in results:
+            _place(H, tile, rows[i], cols[j], symmetric and i != j)
+            if store is not None and not (scheduler is not None and store.holds_tiles):   # workers wrote those
+                store.save(i, j, H[rows[i], cols[j]])
+            bar.update()
+    if array is not None and hasattr(array, "flush"):
+        array.flush()
+    return H
+
+
+# ----------------------------------------------------------------------------------- memory
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now (Linux MemAvailable; else psutil; else free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def preflight(entry: str, parts: dict[str, int], max_memory: int | None = None) -> int:
+    """Refuse, before anything is allocated, a computation whose memory estimate exceeds the limit.
+
+    Args:
+        entry: what is being computed, for the message ("npk_gram").
+        parts: {what: bytes} of the estimate (the Gram, gates, one tile's work, ...).
+        max_memory: the limit in bytes (default: `available_memory()`).
+    Returns:
+        The estimate in bytes; raises MemoryError with one line (estimate, limit, what to change) if over.
+
+    Example:
+        >>> preflight("npk_gram", {"Gram": 10 * 2**30}, max_memory=2**30)   # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        MemoryError: npk_gram needs about 10 GiB (Gram 10 GiB) but max_memory is 1 GiB; ...
+    """
+    need = sum(parts.values())
+    limit = available_memory() if max_memory is None else int(max_memory)
+    if need > limit:
+        detail = ", ".join(f"{k} {format_bytes(v)}" for k, v in parts.items() if v)
+        where = f"max_memory is {format_bytes(limit)}" if max_memory is not None else \
+            f"only {format_bytes(limit)} is available"
+        raise MemoryError(f"{entry} needs about {format_bytes(need)} ({detail}) but {where}; use a smaller N, "
+                          f"out= a .npy file (the Gram then lives on disk) with checkpoint_dir= to resume, "
+                          f"a smaller memory_budget (smaller tiles), or raise max_memory")
+    return need
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+
+
+def dtype_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+# ----------------------------------------------------------------------------------- output
+def _output(out, shape: tuple, dtype: torch.dtype, device) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(tensor to fill, the numpy array behind it or None) for out = None, an array, or a .npy path."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device), None
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    if isinstance(out, (str, os.PathLike)):
+        path = Path(out)
+        if path.suffix != ".npy":
+            raise ValueError(f"out must be a numpy array or a path ending in .npy, got {str(out)!r}")
+        array = np.load(path, mmap_mode="r+") if path.exists() else None
+        if array is None or array.shape != shape or array.dtype != np_dtype:
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=shape)
+    elif isinstance(out, np.ndarray):
+        array = out
+        if array.shape != shape or array.dtype != np_dtype:
+            raise ValueError(f"out must have shape {shape} and dtype {np_dtype}, got {array.shape} {array.dtype}")
+    else:
+        raise ValueError(f"out must be None, a numpy array / memmap or a .npy path, got {type(out).__name__}")
+    return torch.from_numpy(array), array
+
+
+def _place(H: torch.Tensor, tile: torch.Tensor, rs: slice, cs: slice, mirror: bool) -> None:
+    """H[rs, cs] = tile, and its transpose at H[cs, rs] (output axes swapped too) when mirror."""
+    H[rs, cs] = tile.to(device=H.device, dtype=H.dtype)
+    if mirror:
+        H[cs, rs] = H[rs, cs].transpose(0, 1).transpose(-1, -2) if H.dim() == 4 else H[rs, cs].T
+
+
+# ------------------------------------------------------------------------------------ tiles
+def _cuts(n: int, block: int) -> list[slice]:
+    return [slice(r, min(r + block, n)) for r in range(0, n, block)] or [slice(0, 0)]
+
+
+def _tiles(n_rows: int, n_cols: int, symmetric: bool) -> Iterator[tuple[int, int]]:
+    for i in range(n_rows):
+        for j in range(i if symmetric else 0, n_cols):
+            yield i, j
+
+
+def _serial_tiles(kernel: TileKernel, X, Y, todo, rows, cols, symmetric: bool):
+    """(i, j, tile) for every tile to do, keeping the features of `kernel.cache_blocks` blocks."""
+    cache: OrderedDict = OrderedDict()
+
+    def features(side: str, k: int, inputs, cuts):
+        key = ("x" if symmetric else side, k)
+        if key not in cache:
+            cache[key] = kernel.prepare(take(inputs, cuts[k]))
+            while len(cache) > max(2, kernel.cache_blocks):
+                cache.popitem(last=False)
+        cache.move_to_end(key)
+        return cache[key]
+
+    for i, j in todo:
+        fx = features("x", i, X, rows)
+        yield i, j, kernel.tile(fx, features("y", j, Y, cols))
+
+
+def take(inputs, rows: slice):
+    """The rows of sample-indexed inputs: a tensor, or a tuple of them (sliced together)."""
+    return tuple(x[rows] for x in inputs) if isinstance(inputs, tuple) else inputs[rows]
+
+
+def _length(inputs) -> int:
+    return len(inputs[0] if isinstance(inputs, tuple) else inputs)
+
+
+def _device(inputs):
+    first = inputs[0] if isinstance(inputs, tuple) else inputs
+    return first.device if isinstance(first, torch.Tensor) else "cpu"
+
+
+def _inputs_digest(X, Y) -> str:
+    tensors = [t for inputs in (X, Y) if inputs is not None
+               for t in (inputs if isinstance(inputs, tuple) else (inputs,)) if isinstance(t, torch.Tensor)]
+    return digest_tensors(*tensors, extra=f"{Y is None}")
+
+
+class _Nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _bar(total: int, enabled: bool | None, name: str):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=f"{name} tiles", unit="tile", disable=(total < 8) if enabled is None else not enabled)

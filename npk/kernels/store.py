@@ -1,0 +1,202 @@
+"""Finished Gram tiles on disk: a store that a rerun resumes from and that cannot be reused wrongly.
+
+A store is a folder holding
+    gram.json        the fingerprint of the Gram it belongs to: model (architecture and weights), inputs,
+                     kernel and options, tiling. Opening the folder for another Gram is refused, naming
+                     the parts that differ.
+    lock             "pid host" of the process filling it; a second live writer is refused ("in use by pid N")
+    tile_I_J.pt      one record per finished tile: its sha256 and, unless the tiles live in an output
+                     file (out=), the tile itself
+Records are written under a temporary name unique to the writer and moved into place (atomic), loaded
+with torch.load(weights_only=True) only, and checked against their checksum: a truncated or corrupt
+record is reported with a warning naming the file and its tile is recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import uuid
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+META_FILE, LOCK_FILE = "gram.json", "lock"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Call write(tmp) and move tmp over `path`, so a reader never sees a half-written file.
+
+    The temporary name is unique to the writer (pid and a random suffix), so concurrent writers of the
+    same file never clash; the last move wins.
+
+    Example:
+        >>> atomic_write("state.pt", lambda tmp: torch.save({"epoch": 3}, tmp))  # doctest: +SKIP
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------- fingerprints
+def digest_tensors(*tensors, extra: str = "") -> str:
+    """sha256 (hex, 16 characters) of tensors' dtypes, shapes and bytes, plus a text."""
+    h = hashlib.sha256(extra.encode())
+    for t in tensors:
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(tensor_bytes(t))
+    return h.hexdigest()[:16]
+
+
+def tensor_bytes(t) -> memoryview:
+    """The raw bytes of a torch tensor or numpy array (contiguous copy if needed, on the CPU)."""
+    if isinstance(t, np.ndarray):
+        return memoryview(np.ascontiguousarray(t)).cast("B")
+    t = t.detach().cpu().contiguous()
+    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Architecture (type and module tree, gate options) and every state tensor of `model`."""
+    state = model.state_dict()
+    options = {k: repr(getattr(model, k, None)) for k in ("gating", "gate_kind", "beta", "eps", "value_input",
+                                                           "input_shape", "gate_permutations")}
+    names = sorted(state)
+    return digest_tensors(*(state[n] for n in names), extra=f"{type(model).__qualname__}{model!r}{options}{names}")
+
+
+def checksum(tile) -> str:
+    return hashlib.sha256(tensor_bytes(tile)).hexdigest()
+
+
+# ------------------------------------------------------------------------------------- store
+class TileStore:
+    """The records of one Gram's finished tiles in `directory` (see the module docstring).
+
+    fingerprint: {part: value} (model, inputs, kernel, tiling); holds_tiles: False when the tiles live in an
+    output file and records hold only checksums. Use as a context manager: it takes and releases the lock.
+
+    Example:
+        >>> with TileStore("ckpt", {"tiling": [4, 4, 2]}) as store:        # doctest: +SKIP
+        ...     store.save(0, 0, torch.ones(2, 2)); store.load(0, 0)
+    """
+
+    def __init__(self, directory: str | os.PathLike, fingerprint: dict, holds_tiles: bool = True):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fingerprint, self.holds_tiles = json.loads(json.dumps(fingerprint)), holds_tiles
+        self._locked = False
+
+    def __enter__(self) -> "TileStore":
+        self._lock()
+        try:
+            self._check_fingerprint()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ fingerprint and lock
+    def _check_fingerprint(self) -> None:
+        meta = self.dir / META_FILE
+        if meta.exists():
+            try:
+                old = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                old = {"unreadable": True}
+            if old != self.fingerprint:
+                differ = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
+                raise ValueError(f"{self.dir} holds tiles of another Gram ({', '.join(differ)} differ: stored "
+                                 f"{[old.get(k) for k in differ]}, now {[self.fingerprint.get(k) for k in differ]}); "
+                                 f"use an empty checkpoint_dir, or the same model, inputs and options")
+        else:
+            atomic_write(meta, lambda tmp: tmp.write_text(json.dumps(self.fingerprint)))
+
+    def _lock(self) -> None:
+        """Claim the folder: refuse if another live process holds it; take over a dead process's claim."""
+        path, me = self.dir / LOCK_FILE, f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = _read(path)
+                if holder and holder != me and _alive(holder):
+                    pid, _, host = holder.partition(" ")
+                    raise RuntimeError(f"{self.dir} is in use by pid {pid} on {host}; wait for it to finish, "
+                                       f"or give this Gram another checkpoint_dir")
+                path.unlink(missing_ok=True)   # our own or a dead process's claim
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self._locked = True
+            return
+        raise RuntimeError(f"could not claim {path}; another process keeps taking it")
+
+    def close(self) -> None:
+        if self._locked and _read(self.dir / LOCK_FILE) == f"{os.getpid()} {socket.gethostname()}":
+            (self.dir / LOCK_FILE).unlink(missing_ok=True)
+        self._locked = False
+
+    # ---------------------------------------------------------------------------- records
+    def path(self, i: int, j: int) -> Path:
+        return self.dir / f"tile_{i}_{j}.pt"
+
+    def save(self, i: int, j: int, tile: torch.Tensor) -> None:
+        """Record tile (i, j): its checksum, and the tile itself if this store holds tiles."""
+        write_record(self.path(i, j), tile, self.holds_tiles)
+
+    def load(self, i: int, j: int, written=None) -> torch.Tensor | bool | None:
+        """The finished tile (i, j) (or True when `written`, the tile already in the output, matches its
+        checksum); None when it is missing, or corrupt (with a warning naming the file)."""
+        path = self.path(i, j)
+        if not path.exists():
+            return None
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+            tile = record["tile"] if self.holds_tiles else written
+            if checksum(tile) != record["sha256"]:
+                raise ValueError("checksum mismatch")
+        except Exception as err:   # any unreadable record is recomputed, never trusted
+            warnings.warn(f"Gram tile file {path} is corrupt or truncated ({type(err).__name__}: "
+                          f"{str(err)[:80]}); recomputing that tile", stacklevel=3)
+            return None
+        return record["tile"] if self.holds_tiles else True
+
+
+def write_record(path: Path, tile: torch.Tensor, with_tile: bool) -> None:
+    """Write a tile record (its checksum, and the tile if with_tile) atomically."""
+    tile = tile.detach().cpu()
+    record = {"sha256": checksum(tile), **({"tile": tile} if with_tile else {})}
+    atomic_write(path, lambda tmp: torch.save(record, tmp))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _alive(holder: str) -> bool:
+    """Whether the 'pid host' holder still runs (another host: assumed alive, it cannot be checked)."""
+    pid, _, host = holder.partition(" ")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
