@@ -45,6 +45,7 @@ import torch
 
 from .. import graph
 from ..models.base import GatedNet, check_input
+from .gram import TileKernel, blocked_gram
 from .npk import DEFAULT_MEMORY_BUDGET, block_size, overlap, pair_rule, shift_sum
 
 KINDS = ("ntk", "nngp")
@@ -142,15 +143,17 @@ def _as_matrix(X, name: str) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ expected NPK
 def expected_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool | None = None,
+                 max_memory: int | None = None) -> torch.Tensor:
     """The expected NPK of `model`'s architecture at a random He-initialised gating network: (N, M).
 
     Only the architecture is read (op list, gating kind, value input, unit counts), never the weights.
     The result is the product of the expected overlaps (module docstring), the infinite-width limit of
     H / prod_l C_l times prod_l C_l. Hard gates only (soft gates have no closed form); supported ops:
     Linear, Gate, AvgPool, GlobalAvgPool, Flatten, Readout (a Residual's expected gates would depend on
-    the block-output scaling of its initialisation). Blocks of samples keep the pair kernels under
-    `memory_budget` bytes.
+    the block-output scaling of its initialisation). Tiles of samples keep the pair kernels under
+    `memory_budget` bytes; filled by `npk.kernels.gram.blocked_gram` (only the upper tiles when Y is
+    None; `max_memory` and `progress` as in `npk_gram`).
     """
     if not isinstance(model, GatedNet):
         raise TypeError(f"expected_npk needs an npk gated model (npk.models.*), got {type(model).__name__}")
@@ -164,11 +167,24 @@ def expected_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None
     if Y.dtype != X.dtype or Y.device != X.device:
         raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
     block = block_size(model, X.element_size(), memory_budget)
-    H = torch.empty(len(X), len(Y), dtype=X.dtype, device=X.device)
-    for r in range(0, len(X), block):
-        for c in range(0, len(Y), block):
-            H[r:r + block, c:c + block] = _expected_block(model, X[r:r + block], Y[c:c + block])
-    return H
+    return blocked_gram(ExpectedTiles(model, X.dtype, memory_budget), X, None if Y is X else Y, block=block,
+                        progress=progress, max_memory=max_memory, entry="expected_npk")
+
+
+class ExpectedTiles(TileKernel):
+    """The expected NPK as a tile kernel (inputs: X slices)."""
+
+    name = "expected NPK"
+
+    def __init__(self, model: GatedNet, dtype: torch.dtype, memory_budget: int):
+        self.model, self.dtype, self.budget = model, dtype, memory_budget
+        self.key = {"kernel": "expected_npk", "dtype": str(dtype)}
+
+    def tile(self, fx, fy) -> torch.Tensor:
+        return _expected_block(self.model, fx, fy)
+
+    def work_bytes(self, n: int, m: int) -> int:
+        return 2 * self.budget    # the value stream's pair kernel and the gating stream's three moments
 
 
 @dataclass

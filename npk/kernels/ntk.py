@@ -28,9 +28,9 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
-from tqdm import tqdm
 
 from ..models.base import GatedNet, check_input
+from .gram import TileKernel, blocked_gram
 from .ntk_structured import Structured, add_feature_gram, select_layers
 
 GROUPS = ("value", "gating", "all")
@@ -42,14 +42,17 @@ MIN_TRIANGLE_BLOCK = 128       # symmetric Grams of N >= 4 x this use at least 4
 
 def ntk_gram(model: nn.Module, X: torch.Tensor, Y: torch.Tensor | None = None, params: str = "all",
              implementation: str = "auto", outputs: str = "trace", memory_budget: int = DEFAULT_MEMORY_BUDGET,
-             progress: bool | None = None) -> torch.Tensor:
+             progress: bool | None = None, checkpoint_dir=None, *, out=None, max_memory: int | None = None,
+             scheduler=None) -> torch.Tensor:
     """The empirical NTK Gram of `model` w.r.t. parameter group `params`: (N, M), or (N, M, K, K) if outputs="full".
 
     X (N, ...) and Y (M, ...) (None: Y = X) must have the model's parameter dtype and device; the model
     must map (n, ...) to (n, K). Every parameter of the group counts, frozen (requires_grad=False) or
-    not. Block sizes keep each block's estimated peak memory under `memory_budget` bytes (MemoryError,
-    naming the implementations that fit, if not even a 1 x 1 block does); `progress` shows a tqdm bar
-    (None: only for 8 blocks or more).
+    not. Tiles keep each one's estimated peak memory under `memory_budget` bytes (MemoryError,
+    naming the implementations that fit, if not even a 1 x 1 tile does); `progress` shows a tqdm bar
+    (None: only for 8 tiles or more). The Gram is filled by `npk.kernels.gram.blocked_gram`:
+    `checkpoint_dir` (resume), `out` (array or .npy path), `max_memory` (preflight) and `scheduler`
+    (Dask) work as in `npk.kernels.npk.npk_gram`.
     """
     _check_choice("params", params, GROUPS)
     _check_choice("implementation", implementation, IMPLEMENTATIONS)
@@ -60,7 +63,10 @@ def ntk_gram(model: nn.Module, X: torch.Tensor, Y: torch.Tensor | None = None, p
     full = outputs == "full"
     with torch.no_grad(), _unchecked(model):
         method = _choose(implementation, model, params, group, n_out, act, full, memory_budget)
-        return _blockwise(method, X, Y, symmetric, memory_budget, progress)
+    kernel = NTKTiles(model, params, method, outputs, n_out, act, memory_budget, X.dtype)
+    block = kernel.plan(len(X), len(Y), symmetric)
+    return blocked_gram(kernel, X, None if symmetric else Y, block=block, out=out, checkpoint_dir=checkpoint_dir,
+                        scheduler=scheduler, progress=progress, max_memory=max_memory, entry="ntk_gram")
 
 
 def parameter_group(model: nn.Module, params: str) -> dict[str, nn.Parameter]:
@@ -215,36 +221,51 @@ def _mib(n: int) -> str:
 
 
 # --------------------------------------------------------------------------------- blocking
-def _blockwise(method, X: torch.Tensor, Y: torch.Tensor, symmetric: bool, budget: int,
-               progress: bool | None) -> torch.Tensor:
-    """Fill the Gram block by block; column features are cached when they take at most half the budget."""
-    N, M = len(X), len(Y)
-    cached = method.feature_bytes(M) <= budget // 2 and method.block_bytes(1, 1) <= budget - method.feature_bytes(M)
-    room = budget - method.feature_bytes(M) if cached else budget
-    b = _largest_block(method, room, max(N, M))
-    if symmetric and N >= 4 * MIN_TRIANGLE_BLOCK:   # 4+ row blocks: only the upper triangle (10/16) is computed
-        b = min(b, max(MIN_TRIANGLE_BLOCK, -(-N // 4)))
-    rows = [slice(r, min(r + b, N)) for r in range(0, N, b)]
-    cols = rows if symmetric else [slice(c, min(c + b, M)) for c in range(0, M, b)]
-    col_features = [method.features(Y[c]) for c in cols] if cached else None
-    pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
-    out = None
-    with tqdm(total=len(pairs), desc=f"NTK blocks ({method.name})", unit="block",
-              disable=(len(pairs) < 8) if progress is None else not progress) as bar:
-        for i, rs in enumerate(rows):
-            fx = col_features[i] if cached and symmetric else method.features(X[rs])
-            for j, cs in enumerate(cols):
-                if symmetric and j < i:
-                    continue
-                fy = col_features[j] if cached else (fx if symmetric and i == j else method.features(Y[cs]))
-                block = method.contract(fx, fy)
-                if out is None:
-                    out = block.new_empty((N, M, *block.shape[2:]))
-                out[rs, cs] = block
-                if symmetric and i != j:
-                    out[cs, rs] = block.transpose(0, 1).transpose(-1, -2) if block.dim() == 4 else block.T
-                bar.update()
-    return out
+class NTKTiles(TileKernel):
+    """The empirical NTK as a tile kernel: an implementation's features of a slice and their contraction."""
+
+    name = "NTK"
+
+    def __init__(self, model: nn.Module, params: str, method, outputs: str, n_out: int, act: int, budget: int,
+                 dtype: torch.dtype):
+        self.model, self.params, self.implementation, self.outputs = model, params, method.name, outputs
+        self.n_out, self.act, self.budget, self.dtype = n_out, act, budget, dtype
+        self.extra_shape = (n_out, n_out) if outputs == "full" else ()
+        self.key = {"kernel": "ntk", "params": params, "implementation": method.name, "outputs": outputs,
+                    "dtype": str(dtype)}
+        self.cache_bytes, self._method = 0, method
+
+    @property
+    def method(self):
+        """The implementation object (rebuilt from the model where the kernel was unpickled)."""
+        if getattr(self, "_method", None) is None:
+            group = parameter_group(self.model, self.params)
+            with torch.no_grad(), _unchecked(self.model):
+                self._method = _choose(self.implementation, self.model, self.params, group, self.n_out, self.act,
+                                       self.outputs == "full", self.budget)
+        return self._method
+
+    def plan(self, N: int, M: int, symmetric: bool) -> int:
+        """The tile side; column features are cached when they take at most half the budget."""
+        method, budget = self.method, self.budget
+        cached = method.feature_bytes(M) <= budget // 2 and method.block_bytes(1, 1) <= budget - method.feature_bytes(M)
+        self.cache_bytes = method.feature_bytes(M) if cached else 0
+        b = _largest_block(method, budget - self.cache_bytes, max(N, M))
+        if symmetric and N >= 4 * MIN_TRIANGLE_BLOCK:   # 4+ row blocks: only the upper triangle (10/16) is computed
+            b = min(b, max(MIN_TRIANGLE_BLOCK, -(-N // 4)))
+        self.cache_blocks = -(-M // b) + 1 if cached else 2
+        return b
+
+    def prepare(self, xs):
+        with torch.no_grad(), _unchecked(self.model):
+            return self.method.features(xs)
+
+    def tile(self, fx, fy) -> torch.Tensor:
+        with torch.no_grad(), _unchecked(self.model):
+            return self.method.contract(fx, fy)
+
+    def work_bytes(self, n: int, m: int) -> int:
+        return self.method.block_bytes(n, m) + self.cache_bytes
 
 
 def _largest_block(method, budget: int, limit: int) -> int:
