@@ -18,7 +18,7 @@ install: $(PY)
 	$(PIP) install --quiet -e .
 
 install-test: install
-	$(PIP) install --quiet -e ".[dev,ntref]"
+	$(PIP) install --quiet -e ".[dev,ntref,dist]"
 
 demo: install
 	$(VENV)/bin/npk demo --force

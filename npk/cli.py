@@ -1,10 +1,12 @@
-"""The `npk` command: `npk demo`, `npk run NAME`, `npk list`."""
+"""The `npk` command: `npk demo`, `npk run NAME`, `npk list`, `npk gram` (see `npk.cli_gram`)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+
+from . import cli_gram
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("name", help="experiment name (see `npk list`)")
     add_run_options(run)
     sub.add_parser("list", help="list the experiments")
+    cli_gram.add_parser(sub)
     return parser
 
 
@@ -62,6 +65,8 @@ def overrides_from(args) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "gram":
+        return cli_gram.run(args)
     from .experiments import base
     if args.command == "list":
         base.get("demo")
