@@ -8,6 +8,7 @@ import torch
 from .. import data as datasets
 from .. import models
 from ..fit import kernel_ridge
+from ..kernels.gram import preflight_grams
 from ..kernels.infinite import infinite_ntk
 from ..kernels.npk import npk_gram
 from ..kernels.ntk import ntk_gram
@@ -73,6 +74,9 @@ def fit_network(run: Run, key: str, model: torch.nn.Module, data: datasets.Datas
 
 def grams(run: Run, key: str, gram_fn, data: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """(K_train, K_test_train) of a kernel function gram_fn(X, Y=None), in float64, cached under `key`."""
+    n, n_test = len(data.X_train), len(data.X_test)
+    preflight_grams(f"the Grams of {key}", [(n, n), (n_test, n)])   # refused up front if they cannot fit
+
     def compute():
         X, Xt = data.X_train.double(), data.X_test.double()
         return gram_fn(X), gram_fn(Xt, X)

@@ -207,6 +207,21 @@ def preflight(entry: str, parts: dict[str, int], max_memory: int | None = None) 
     return need
 
 
+def preflight_grams(entry: str, sizes, itemsize: int = 8, memory_budget: int = 2**30,
+                    max_memory: int | None = None) -> int:
+    """The preflight of a computation that keeps Grams of `sizes` [(N, M), ...] in memory, one tile at a time.
+
+    For callers (experiments, scripts) that want to refuse before spending time on training: every
+    kernel sizes its tiles under `memory_budget`, so the estimate is the Grams plus one budget.
+
+    Example:
+        >>> preflight_grams("regimes", [(50_000, 50_000), (10_000, 50_000)], max_memory=24 * 2**30)  # doctest: +SKIP
+        MemoryError: regimes needs about 22.4 GiB (Grams 22.4 GiB, one tile 1 GiB) but max_memory is 24 GiB; ...
+    """
+    grams = sum(n * (n if m is None else m) for n, m in sizes) * itemsize
+    return preflight(entry, {"Grams": grams, "one tile": memory_budget}, max_memory)
+
+
 def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
