@@ -25,16 +25,15 @@ def main() -> None:
     torch.manual_seed(0)
     model = npk.models.C4GAP("dnn", in_channels=1, input_size=8, width=args.width)
     X = npk.data.load("digits", n_train=args.n).X_train
-    budget = 4 * 2**20                                   # 4 MiB tiles: enough tiles to keep every worker busy
     start = time.perf_counter()
-    serial = npk.npk_gram(model, X, memory_budget=budget, progress=False)
+    serial = npk.npk_gram(model, X, progress=False)
     t_serial = time.perf_counter() - start
     start = time.perf_counter()
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         t_start = time.perf_counter() - start
         start = time.perf_counter()
-        dist = npk.npk_gram(model, X, memory_budget=budget, progress=False, scheduler=client)
+        dist = npk.npk_gram(model, X, progress=False, scheduler=client)
         t_dist = time.perf_counter() - start
     print(f"C4GAP-{args.width} NPK on {args.n} digits (8x8x1), float32, {args.n * (args.n + 1) // 2:,} pairs: "
           f"serial 1 thread {t_serial:.1f} s; Dask {args.workers} workers x 1 thread {t_dist:.1f} s "

@@ -130,7 +130,7 @@ def blocked_gram(kernel: TileKernel, X, Y=None, *, block: int, out=None, checkpo
         fingerprint = {"model": [model_fingerprint(m) for m in kernel.modules()],
                        "inputs": _inputs_digest(X, None if symmetric else Y), "kernel": kernel.key,
                        "tiling": {"N": N, "M": M, "block": block, "symmetric": symmetric, "dtype": str(kernel.dtype)}}
-        store = TileStore(checkpoint_dir, fingerprint, holds_tiles=array is None)
+        store = TileStore(checkpoint_dir, fingerprint, holds_tiles=not isinstance(array, np.memmap))
     rows, cols = _cuts(N, block), _cuts(M, block)
     total = len(rows) * (len(rows) + 1) // 2 if symmetric else len(rows) * len(cols)
     with _bar(total, progress, kernel.name) as bar, (store or _Nothing()) as store:
