@@ -84,6 +84,16 @@ def test_compact_gates_are_exact_and_per_tile_gates_give_the_same_gram(gate):
     assert (H - reference_npk(model, X)).abs().max() < 1e-10 * H.abs().max()
 
 
+def test_gates_that_do_not_fit_beside_the_gram_are_computed_per_tile(monkeypatch):
+    model, X = conv_model(), images(9)
+    H = npk_gram(model, X, memory_budget=100_000)
+    kernel = NPKTiles(model, "hard", X.dtype, 100_000)
+    block = block_size(model, 8, 100_000)
+    just_short = 9 * 9 * 8 + kernel.work_bytes(block, block) + kernel.gate_bytes(9)   # room for half the gates
+    monkeypatch.setattr(NPKTiles, "all_gates", lambda *a: pytest.fail("gates of all inputs were computed"))
+    assert torch.equal(npk_gram(model, X, memory_budget=100_000, max_memory=just_short), H)
+
+
 def test_packing_refuses_soft_gates():
     with pytest.raises(ValueError, match="only hard gates"):
         compact.pack_gates([torch.tensor([[0.5, 1.0]])])
@@ -108,6 +118,13 @@ def test_a_gram_that_cannot_fit_is_refused_up_front_with_what_to_change():
         npk_gram(model, X, max_memory=2**30)
     with pytest.raises(MemoryError, match="ntk_gram needs about"):
         ntk_gram(model, X[:2000], max_memory=2**20)
+
+
+def test_experiments_refuse_grams_that_cannot_fit_before_computing_them():
+    with pytest.raises(MemoryError, match=r"regimes needs about 23.4 GiB \(Grams 22.4 GiB, one tile 1 GiB\) but "
+                                          r"max_memory is 16 GiB"):
+        gram.preflight_grams("regimes", [(50_000, None), (10_000, 50_000)], max_memory=16 * 2**30)
+    assert gram.preflight_grams("regimes", [(100, None)], max_memory=2**31) == 100 * 100 * 8 + 2**30
 
 
 def test_preflight_counts_every_part_and_passes_under_the_limit():

@@ -215,8 +215,8 @@ def preflight_grams(entry: str, sizes, itemsize: int = 8, memory_budget: int = 2
     kernel sizes its tiles under `memory_budget`, so the estimate is the Grams plus one budget.
 
     Example:
-        >>> preflight_grams("regimes", [(50_000, 50_000), (10_000, 50_000)], max_memory=24 * 2**30)  # doctest: +SKIP
-        MemoryError: regimes needs about 22.4 GiB (Grams 22.4 GiB, one tile 1 GiB) but max_memory is 24 GiB; ...
+        >>> preflight_grams("regimes", [(50_000, None), (10_000, 50_000)], max_memory=16 * 2**30)  # doctest: +SKIP
+        MemoryError: regimes needs about 23.4 GiB (Grams 22.4 GiB, one tile 1 GiB) but max_memory is 16 GiB; ...
     """
     grams = sum(n * (n if m is None else m) for n, m in sizes) * itemsize
     return preflight(entry, {"Grams": grams, "one tile": memory_budget}, max_memory)
