@@ -44,7 +44,7 @@ def dask_tiles(scheduler, kernel: TileKernel, X, Y, todo, rows, cols, store):
 
         def submit(i, j):
             future = client.submit(_tile_task, remote, take(X, rows[i]), take(Y, cols[j]),
-                                   record_dir and str(Path(record_dir) / store.path(i, j).name), pure=False)
+                                   record_dir and str(store.path(i, j)), pure=False)
             where[future.key] = (i, j)
             queue.add(future)
 

@@ -209,7 +209,7 @@ def preflight(entry: str, parts: dict[str, int], max_memory: int | None = None) 
 
 def preflight_grams(entry: str, sizes, itemsize: int = 8, memory_budget: int = 2**30,
                     max_memory: int | None = None) -> int:
-    """The preflight of a computation that keeps Grams of `sizes` [(N, M), ...] in memory, one tile at a time.
+    """The preflight of a computation that keeps Grams of `sizes` [(N, M), ...] (M None: N) in memory.
 
     For callers (experiments, scripts) that want to refuse before spending time on training: every
     kernel sizes its tiles under `memory_budget`, so the estimate is the Grams plus one budget.

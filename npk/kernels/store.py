@@ -90,7 +90,7 @@ class TileStore:
     """
 
     def __init__(self, directory: str | os.PathLike, fingerprint: dict, holds_tiles: bool = True):
-        self.dir = Path(directory)
+        self.dir = Path(directory).absolute()     # absolute: Dask workers write records there too
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint, self.holds_tiles = json.loads(json.dumps(fingerprint)), holds_tiles
         self._locked = False
