@@ -1,5 +1,6 @@
 """The blocked-Gram driver: tiles, compact gates, preflight, out-of-core output and the tile store."""
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -217,7 +218,7 @@ def test_a_store_in_use_by_a_live_process_is_refused_and_a_dead_ones_claim_is_ta
     model, X = conv_model(), images(5)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / "lock").write_text(f"{sleeper.pid} {os.uname().nodename}")
+        (tmp_path / "lock").write_text(f"{sleeper.pid} {socket.gethostname()}")
         with pytest.raises(RuntimeError, match=f"in use by pid {sleeper.pid}"):
             npk_gram(model, X, checkpoint_dir=tmp_path)
     finally:
