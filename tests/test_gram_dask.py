@@ -9,7 +9,7 @@ import torch
 
 distributed = pytest.importorskip("distributed")
 
-from npk.kernels.npk import npk_gram  # noqa: E402
+from npk.kernels.npk import NPKTiles, npk_gram  # noqa: E402
 from npk.kernels.ntk import ntk_gram  # noqa: E402
 from npk.models import ConvDGN  # noqa: E402
 
@@ -28,7 +28,7 @@ def model_and_inputs(n=24):
     return model, X
 
 
-def test_a_worker_killed_mid_run_changes_nothing_bit_for_bit(cluster, tmp_path):
+def test_a_worker_killed_mid_run_changes_nothing_bit_for_bit(cluster, tmp_path, monkeypatch):
     _, client = cluster
     model, X = model_and_inputs()
     options = dict(memory_budget=200_000, progress=False)       # 2-sample tiles: 78 tiles
@@ -48,6 +48,17 @@ def test_a_worker_killed_mid_run_changes_nothing_bit_for_bit(cluster, tmp_path):
     killer.join()
     assert 3 <= seen["tiles at kill"] < 78, "the worker was not killed mid-run"
     assert torch.equal(distributed_run, serial)
+    monkeypatch.setattr(NPKTiles, "tile", lambda *a: pytest.fail("a tile the workers stored was recomputed"))
+    assert torch.equal(npk_gram(model, X, checkpoint_dir=tmp_path, **options), serial)
+
+
+def test_tiles_from_the_cluster_fill_an_out_file_and_its_store(cluster, tmp_path):
+    _, client = cluster
+    model, X = model_and_inputs(8)
+    serial = npk_gram(model, X, memory_budget=200_000, progress=False)
+    H = npk_gram(model, X, memory_budget=200_000, progress=False, scheduler=client, out=tmp_path / "H.npy",
+                 checkpoint_dir=tmp_path / "store")
+    assert torch.equal(H, serial) and len(list((tmp_path / "store").glob("tile_*.pt"))) == 4 * 5 // 2
 
 
 def test_a_scheduler_address_works_like_a_client_for_the_ntk(cluster):
