@@ -38,13 +38,13 @@ def dask_tiles(scheduler, kernel: TileKernel, X, Y, todo, rows, cols, store):
     try:
         remote = client.scatter(kernel, broadcast=True, hash=False)
         in_flight = 4 * max(1, sum(client.nthreads().values()))
-        record_dir = str(store.dir) if store is not None and store.holds_tiles else None
+        workers_write = store is not None and store.holds_tiles
         queue = as_completed(with_results=True)   # results are fetched in the background as tasks finish
         where = {}
 
         def submit(i, j):
             future = client.submit(_tile_task, remote, take(X, rows[i]), take(Y, cols[j]),
-                                   record_dir and str(store.path(i, j)), pure=False)
+                                   str(store.path(i, j)) if workers_write else None, pure=False)
             where[future.key] = (i, j)
             queue.add(future)
 
