@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from functools import singledispatch
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Sequence
 import torch
 
 from .. import graph
+from ..files import UnreadableFile, load_pt
 from ..models.base import GatedNet, check_input
 from ..validate import check_gram_request
 
@@ -238,7 +240,11 @@ class BlockStore:
 
     def load(self, r: int, c: int) -> torch.Tensor | None:
         path = self.dir / f"block_{r}_{c}.pt"
-        return torch.load(path) if path.exists() else None
+        try:
+            return load_pt(path) if path.exists() else None
+        except UnreadableFile as e:
+            warnings.warn(f"{e}; computing that Gram block again", stacklevel=2)
+            return None
 
     def save(self, r: int, c: int, block: torch.Tensor) -> None:
         atomic_write(self.dir / f"block_{r}_{c}.pt", lambda path: torch.save(block.cpu(), path))

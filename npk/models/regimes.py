@@ -107,7 +107,7 @@ def gate_copy(template: GatedNet, checkpoint: str | os.PathLike | Mapping) -> Ga
     (as written by `npk.train.train`), or the path of a file holding either.
     """
     _check_dnn(template)
-    state = torch.load(checkpoint, map_location="cpu") if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     if not isinstance(state, Mapping):
         raise TypeError(f"checkpoint must be a state_dict, a checkpoint dict or a path, got {type(state).__name__}")
     state = state.get("model", state)
