@@ -10,8 +10,8 @@ import torch
 from npk.experiments import npk_evolution as evolution_module
 from npk.experiments import run_experiment
 from npk.experiments.base import get, merge_config
-from npk.experiments.common import load_data, make_model
-from npk.experiments.npk_evolution import kernel_subset, one_vs_rest, record_epochs
+from npk.experiments.common import kernel_subset, load_data, make_model
+from npk.experiments.npk_evolution import one_vs_rest, record_epochs
 from npk.kernels.linalg import nu
 from npk.kernels.npk import npk_gram
 from npk.models.init import init_weights

@@ -18,7 +18,7 @@ from npk.data import load
 from npk.experiments import run_experiment
 from npk.experiments.base import get, merge_config
 from npk.experiments.gate_copy import saved_state
-from npk.experiments.regimes_table import build_model, check_common, family_view, mean_std, pm
+from npk.experiments.common import build_model, check_common, family_view, mean_std, pm
 from npk.experiments.shuffle_and_ones import npk_change
 from npk.models.conv import ConvDLGN
 from npk.models.regimes import shuffled_gates

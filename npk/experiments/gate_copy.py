@@ -20,8 +20,7 @@ from ..models import regimes
 from ..plots import new_figure, save_figure, styled
 from ..train import accuracy
 from .base import experiment
-from .common import load_data
-from .regimes_table import accuracy_summary, build_model, check_common, family_label, family_view, pm, train_net
+from .common import accuracy_summary, build_model, check_common, family_label, family_view, load_data, pm, train_net
 
 
 def check_epochs(copy_epochs, relu_epochs) -> tuple[list[int], int]:
