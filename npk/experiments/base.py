@@ -100,6 +100,11 @@ def check_type(exp: Experiment, key: str, value) -> None:
             return
 
 
+def tell(text: str) -> None:
+    """A note for the user, on stderr."""
+    print(f"npk: note: {text}", file=sys.stderr)
+
+
 class TrackedConfig(dict):
     """A config dict that records the keys read (item access, get, iteration, copies).
 
@@ -154,7 +159,7 @@ class Run:
     def note(self, text: str) -> None:
         """Tell the user (stderr) and keep the note for results.json."""
         self.notes.append(text)
-        print(f"npk: note: {text}", file=sys.stderr)
+        tell(text)
 
     # ------------------------------------------------------------------ input records
     def inputs(self, depends=None) -> dict:
@@ -278,6 +283,8 @@ def run_experiment(name: str, out: str | Path | None = None, overrides: dict[str
     cfg = merge_config(exp, overrides, quick)
     target = Path(out or Path("runs") / name)
     with RunFolder(target, force) as place:
+        for text in place.notes:
+            tell(text)
         rundir = RunDir(place.path)
         rundir.results.pop("stopped", None)
         rundir.write_config({"experiment": name, **cfg})
@@ -285,8 +292,7 @@ def run_experiment(name: str, out: str | Path | None = None, overrides: dict[str
         report.paragraph(f"**Claim examined.** {exp.claim}")
         report.paragraph("Config: " + ", ".join(f"`{k}={v}`" for k, v in cfg.items()))
         run = Run(rundir, cfg, report, progress, quick)
-        for text in place.notes:
-            run.note(text)
+        run.notes += place.notes
         try:
             results = exp.body(run.cfg, run)
         except BaseException as error:
