@@ -77,15 +77,17 @@ def merge_config(exp: Experiment, overrides: dict[str, Any] | None, quick: bool 
     return cfg
 
 
+NULLABLE = ("data_root", "n_train", "n_test")  # null: the default folders, every sample
 KINDS = ((bool, "true or false"), (int, "an int"), (float, "a number"), (str, "a string"), (list, "a list"),
          (dict, "a mapping"))
 
 
 def check_type(exp: Experiment, key: str, value) -> None:
     """A TypeError unless `value` has the type of the key's default (its quick value where the default is
-    null); null is accepted where the default is null or the key is nullable, an int where a float is expected."""
+    null); null is accepted where the default is null or the key is nullable (NULLABLE, exp.nullable), an int
+    where a float is expected."""
     example = exp.defaults[key] if exp.defaults[key] is not None else exp.quick.get(key)
-    if example is None or (value is None and (exp.defaults[key] is None or key in exp.nullable)):
+    if example is None or (value is None and (exp.defaults[key] is None or key in exp.nullable + NULLABLE)):
         return
     for kind, words in KINDS:
         if isinstance(example, kind):
