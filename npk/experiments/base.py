@@ -221,11 +221,8 @@ class Run:
                     self._reuse(key, saved["inputs"])
                     return saved["value"]
                 status = "recomputed: " + "; ".join(changes)
-        before = set(self.cfg.read)
         value = compute()
-        inputs = self.inputs(depends)
-        if depends is None:  # what compute read belongs to the record too
-            inputs["config"].update(jsonable({k: dict.get(self.cfg, k) for k in self.cfg.read - before}))
+        inputs = self.inputs(depends)  # after compute: what it read belongs to the record too
         check_storable(value, key)
         atomic_write(path, lambda tmp: torch.save({"format": CACHE_FORMAT, "inputs": inputs, "value": value}, tmp))
         self.stages[key] = status

@@ -213,15 +213,19 @@ def _running(target: Path) -> bool:
         return False
 
 
-def unfinished_runs(parent: Path, skip=()) -> list[str]:
-    """'name (why it stopped)' for every run folder in `parent` that holds an unfinished run and is not running."""
+def unfinished_runs(parent: Path, skip=(), limit: int = 5) -> list[str]:
+    """'name (why it stopped)' for the run folders in `parent` (they hold config.json and versions.json)
+    whose run is unfinished and not running; at most `limit` of them, then how many more."""
     found = []
-    for folder in sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if folder.name in skip or not (folder / "config.json").exists() or _running(folder):
-            continue
-        results = _results(folder)
-        if results.get("finished") is True:
-            continue
-        stopped = results.get("stopped")
-        found.append(f"{folder.name} ({'stopped at ' + stopped['at'] + ': ' + stopped['reason'] if stopped else 'interrupted'})")
-    return found
+    try:
+        folders = sorted(p for p in parent.iterdir() if not p.name.startswith(".") and p.name not in skip)
+        for folder in folders:
+            if not ((folder / "config.json").is_file() and (folder / "versions.json").is_file()) or _running(folder):
+                continue
+            results = _results(folder)
+            if results.get("finished") is not True:
+                stopped = results.get("stopped")
+                found.append(f"{folder.name} ({'stopped at ' + stopped['at'] + ': ' + stopped['reason'] if stopped else 'interrupted'})")
+    except OSError:
+        pass  # an unreadable parent or entry: nothing to report
+    return found[:limit] + ([f"and {len(found) - limit} more"] if len(found) > limit else [])
