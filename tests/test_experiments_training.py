@@ -152,7 +152,8 @@ def test_gate_copy(gate_copy):
 
 
 def test_gate_copy_reports_a_missing_saved_state(tmp_path):
-    run = types.SimpleNamespace(path=tmp_path, cached=lambda key, compute: compute())
+    run = types.SimpleNamespace(path=tmp_path, records={"gate-copy-relu-s0": {}},
+                                cached=lambda key, compute, depends=None: compute())
     with pytest.raises(RuntimeError, match="state after epoch 3 .seed 0. was not saved"):
         saved_state(run, 0, 3)
 

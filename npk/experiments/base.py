@@ -155,6 +155,7 @@ class Run:
         self.path = Path(rundir.path)
         self.data_seen: dict[str, str] = {}     # data set label -> checksum, as loaded by this process
         self.stages: dict[str, str] = {}        # stage key -> "reused" / "computed" / "recomputed: why"
+        self.records: dict[str, dict] = {}      # stage key -> the record of its inputs (to chain stages)
         self.notes: list[str] = []
         (self.path / "cache").mkdir(parents=True, exist_ok=True)
 
@@ -195,7 +196,7 @@ class Run:
 
     def _reuse(self, key: str, saved: dict) -> None:
         self.cfg.read.update(saved.get("config", {}))  # what the stage read, as if it had run now
-        self.stages[key] = "reused"
+        self.stages[key], self.records[key] = "reused", saved
 
     # ------------------------------------------------------------------ stages
     def cached(self, key: str, compute: Callable[[], Any], depends=None) -> Any:
@@ -225,12 +226,14 @@ class Run:
         inputs = self.inputs(depends)  # after compute: what it read belongs to the record too
         check_storable(value, key)
         atomic_write(path, lambda tmp: torch.save({"format": CACHE_FORMAT, "inputs": inputs, "value": value}, tmp))
-        self.stages[key] = status
+        self.stages[key], self.records[key] = status, inputs
         return value
 
     def checkpoint_dir(self, key: str, depends=None) -> Path:
         """A folder cache/<key> for a stage that checkpoints itself (training, Gram blocks), with the record
-        of its inputs in inputs.json; emptied when they changed (the stage then starts afresh)."""
+        of its inputs in inputs.json; emptied when they changed (the stage then starts afresh).
+
+        A stage derived from it can pass depends={"from": run.records[key], ...}."""
         path = self.path / "cache" / key
         record = path / "inputs.json"
         now = self.inputs(depends)
@@ -249,6 +252,7 @@ class Run:
             self.stages[key] = "computed"
         path.mkdir(parents=True, exist_ok=True)
         write_json(record, now)
+        self.records[key] = now
         return path
 
     def figure_path(self, name: str) -> Path:
