@@ -82,6 +82,7 @@ def test_a_changed_value_recomputes_only_the_stages_that_read_it(tmp_path):
     third = run_tiny(out, a=7, lr=0.1)                 # lr: the training's
     assert CALLS == [] and third["double"] == 14 and third["square"] == 4
     assert third["stages"] == {"square": "reused", "double": "reused", "net": "recomputed: lr changed"}
+    assert "Saved stages: 0 computed, 2 reused from an earlier run, 1 recomputed" in (out / "report.md").read_text()
     CALLS.clear()
     forced = run_tiny(out, force=True, a=7, lr=0.1)   # --force starts afresh, and gives the same numbers
     assert CALLS == ["square", "double"] and set(forced["stages"].values()) == {"computed"}

@@ -274,6 +274,13 @@ def check_storable(value, key: str) -> None:
                         f"tensors, numpy arrays, numbers, strings, lists, tuples and dicts (convert it first)")
 
 
+def stage_summary(stages: dict[str, str]) -> str:
+    """One sentence: how many saved stages this run computed, reused and recomputed."""
+    counts = {word: sum(v.split(":")[0] == word for v in stages.values()) for word in ("computed", "reused", "recomputed")}
+    return (f"Saved stages: {counts['computed']} computed, {counts['reused']} reused from an earlier run, "
+            f"{counts['recomputed']} recomputed because their inputs changed (the list: `stages` in results.json).")
+
+
 def run_experiment(name: str, out: str | Path | None = None, overrides: dict[str, Any] | None = None,
                    force: bool = False, quick: bool = False, progress: bool = True) -> Path:
     """Run the experiment `name` into the folder `out` (default runs/<name>); return the folder.
@@ -303,6 +310,7 @@ def run_experiment(name: str, out: str | Path | None = None, overrides: dict[str
             place.stopped(rundir.results, error)
             raise
         rundir.save_results(experiment=name, config=cfg, stages=run.stages, notes=run.notes, **results)
+        report.paragraph(stage_summary(run.stages))
         report.write()
         rundir.mark_finished()
         place.commit()
