@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from npk import cli
 from npk.experiments import EXPERIMENTS, npk_evolution as evolution_module, run_experiment
@@ -139,6 +140,20 @@ def test_a_truncated_checkpoint_is_named_and_training_starts_again(tmp_path):
     with pytest.warns(UserWarning, match=f"{checkpoint} is unreadable .*training from epoch 0"):
         again = run_tiny(out)
     assert again["acc"] == first["acc"] and again["stages"]["net"] == "reused"
+
+
+def test_stages_saved_by_an_older_npk_are_reused_with_a_note(tmp_path):
+    """Folders from before input records (a long training must not be lost): reused as they are, and said so."""
+    out = tmp_path / "run"
+    stop_tiny(out)
+    torch.save(99, out / "cache" / "square.pt")               # the old format: the bare value
+    (out / "cache" / "net" / "inputs.json").unlink()
+    CALLS.clear()
+    results = run_tiny(out)
+    assert CALLS == [] and results["square"] == 99
+    legacy = "reused (no record: written by an older npk)"
+    assert results["stages"] == {"square": legacy, "double": "reused", "net": legacy}
+    assert sum("has no record of its inputs (an older npk wrote it)" in n for n in results["notes"]) == 2
 
 
 # ------------------------------------------------------------------------------------------ one writer

@@ -211,18 +211,22 @@ class Run:
         if path.exists():
             try:
                 saved = load_pt(path)
-                if not (isinstance(saved, dict) and saved.get("format") == CACHE_FORMAT):
-                    raise UnreadableFile(f"{path} is not an npk cache file of format {CACHE_FORMAT}")
             except UnreadableFile as e:
                 self.note(f"{e}; computing it again")
                 status = f"recomputed: {e}"
             else:
+                if not (isinstance(saved, dict) and saved.get("format") == CACHE_FORMAT):
+                    self.note(f"{path} has no record of its inputs (an older npk wrote it); reused as it is "
+                              f"(delete it, or use --force, if the config changed since)")
+                    return self._save(key, path, saved, "reused (no record: written by an older npk)", depends)
                 changes = self._changes(saved["inputs"], self.inputs(depends))
                 if not changes:
                     self._reuse(key, saved["inputs"])
                     return saved["value"]
                 status = "recomputed: " + "; ".join(changes)
-        value = compute()
+        return self._save(key, path, compute(), status, depends)
+
+    def _save(self, key: str, path: Path, value, status: str, depends) -> Any:
         inputs = self.inputs(depends)  # after compute: what it read belongs to the record too
         check_storable(value, key)
         atomic_write(path, lambda tmp: torch.save({"format": CACHE_FORMAT, "inputs": inputs, "value": value}, tmp))
@@ -237,19 +241,22 @@ class Run:
         path = self.path / "cache" / key
         record = path / "inputs.json"
         now = self.inputs(depends)
-        if path.exists() and any(path.iterdir()):
+        self.stages[key] = "computed"
+        if path.exists() and any(path.iterdir()) and not record.exists():
+            self.note(f"{path} has no record of its inputs (an older npk wrote it); resumed as it is "
+                      f"(delete it, or use --force, if the config changed since)")
+            self.stages[key] = "reused (no record: written by an older npk)"
+        elif path.exists() and any(path.iterdir()):
             try:
                 saved = json.loads(record.read_text(encoding="utf-8"))
                 changes = self._changes(saved, now)
             except (OSError, ValueError) as e:
-                changes = [f"{record} is missing or unreadable ({type(e).__name__})"]
+                changes = [f"{record} is unreadable ({type(e).__name__})"]
             if not changes:
                 self._reuse(key, saved)
                 return path
             shutil.rmtree(path)
             self.stages[key] = "recomputed: " + "; ".join(changes)
-        else:
-            self.stages[key] = "computed"
         path.mkdir(parents=True, exist_ok=True)
         write_json(record, now)
         self.records[key] = now
