@@ -55,7 +55,8 @@ def parse_assignment(text: str) -> tuple[str, object]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="npk", description="The dual view of ReLU networks: NPK, NTK, theorems.")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,run,list}")
+    sub = parser.add_subparsers(dest="command")
+    parser.commands = sub.choices  # the subcommands (a live view: later add_parser calls show up)
 
     def add_run_options(p):
         p.add_argument("--dataset", help="digits (embedded), mnist, fashion-mnist, cifar10, cifar100")
@@ -91,7 +92,7 @@ def parse(argv=None) -> argparse.Namespace:
         print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)", file=sys.stderr)
         sys.exit(2)
     if args.command is None:
-        parser.error("expected a command: demo, run or list")
+        parser.error(f"expected a command: {', '.join(parser.commands)}")
     return args
 
 

@@ -60,7 +60,7 @@ def test_a_bad_argument_is_refused_with_what_is_expected(call, error, phrase):
 # ------------------------------------------------------------------------------------------ the command
 COMMAND = [
     ("npk --bogus", ["--bogus"], "npk: error: unrecognized arguments: --bogus"),
-    ("npk", [], "npk: error: expected a command: demo, run or list"),
+    ("npk", [], "npk: error: expected a command: demo, run, list"),
     ("--config on a missing file", ["run", "theorems", "--config", "{tmp}/missing.json"],
      "--config {tmp}/missing.json: no such file; expected a JSON file of config overrides"),
     ("--config on a folder", ["run", "theorems", "--config", "{tmp}"], "--config {tmp}: cannot read it"),

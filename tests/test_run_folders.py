@@ -245,19 +245,26 @@ def npk_command(out, *extra):
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def stop_when(proc, folder, n_files, sig):
-    """Send `sig` once `folder` holds n_files cached epochs."""
+def stop_when(proc, folder, n_files, sig, meanwhile=lambda: None):
+    """Send `sig` once `folder` holds n_files cached epochs (after calling meanwhile())."""
     deadline = time.time() + 120
     while len(list(folder.glob("cache/evolution-*-epoch-*.pt"))) < n_files and proc.poll() is None:
         assert time.time() < deadline
         time.sleep(0.05)
+    meanwhile()
     proc.send_signal(sig)
     return proc.communicate(timeout=60)
 
 
-def test_sigkill_then_sigint_then_a_rerun_give_the_uninterrupted_numbers(tmp_path):
+def test_sigkill_then_sigint_then_a_rerun_give_the_uninterrupted_numbers(tmp_path, capsys):
     out = tmp_path / "run"
-    stop_when(npk_command(out), out, 1, signal.SIGKILL)
+    first = npk_command(out)
+
+    def second_run_is_refused():
+        assert cli.main(["run", "npk-evolution", "--quick", "--out", str(out)]) == 2
+        assert f"--out {out}: in use by pid {first.pid} since " in capsys.readouterr().err
+
+    stop_when(first, out, 1, signal.SIGKILL, second_run_is_refused)
     proc = npk_command(out)
     _, err = stop_when(proc, out, 3, signal.SIGINT)
     assert "took over the lock" in err and proc.returncode == 130
