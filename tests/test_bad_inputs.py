@@ -14,6 +14,7 @@ import torch
 import npk
 from npk import cli, data, models
 from npk.fit import gp_posterior, kernel_ridge
+from npk.models import regimes
 from npk.kernels.npk import npk_gram
 
 X4 = torch.ones(3, 4, dtype=torch.float64)
@@ -153,12 +154,20 @@ def corrupt_block(tmp):
     assert torch.equal(npk_gram(model, X, checkpoint_dir=tmp / "blocks", memory_budget=4 * 8 * 9), expected)
 
 
+def truncated_gate_checkpoint(tmp):
+    path = tmp / "relu.pt"
+    torch.save(models.DNN(4, [3], 2).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:50])
+    regimes.gate_copy(models.DNN(4, [3], 2), path)
+
+
 FILES = [
     ("Fashion-MNIST test images 14x56 beside 28x28", mismatched_images, ValueError,
      "t10k-images-idx3-ubyte.gz: test images are 14x56 but the training images in train-images-idx3-ubyte.gz are 28x28"),
     ("corrupt gzip stream in an idx .gz", corrupt_gzip, ValueError,
      "t10k-labels-idx1-ubyte.gz: not a readable idx file"),
     ("truncated Gram block (recomputed)", corrupt_block, UserWarning, "block_0_0.pt is unreadable"),
+    ("truncated checkpoint given to gate_copy", truncated_gate_checkpoint, ValueError, "relu.pt is unreadable"),
 ]
 # The truncated cache/*.pt and checkpoint.pt of a run folder: tests/test_run_folders.py (named, recomputed).
 
@@ -175,5 +184,5 @@ def test_a_damaged_file_is_named(tmp_path, make, error, phrase):
 
 
 def test_the_tables_count_the_cases():
-    assert len(LIBRARY) + len(COMMAND) + len(FILES) == 38
+    assert len(LIBRARY) + len(COMMAND) + len(FILES) == 39
     assert json.dumps([c[0] for c in LIBRARY + COMMAND + FILES])  # every case is named
