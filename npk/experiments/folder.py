@@ -58,7 +58,7 @@ class RunFolder:
     """
 
     def __init__(self, target, force: bool = False):
-        self.target, self.force = Path(target), force
+        self.target, self.force = Path(os.path.abspath(target)), force
         self.notes: list[str] = []
         self.lock_path = sibling(self.target, "lock")
         self._lock = None
