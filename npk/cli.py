@@ -133,6 +133,13 @@ def warn_ignored(args, cfg: dict) -> None:
         warnings.warn(f"{source} is ignored: the digits data set is embedded (scikit-learn), it reads no files")
 
 
+def close_progress_bars() -> None:
+    """End the progress bars an error left open, so that the error starts a line of its own."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     prog = f"npk {args.command}"
@@ -160,12 +167,14 @@ def main(argv=None) -> int:
         except RunFolderError as e:
             raise UsageError(f"--out {e}" if args.out else str(e)) from e
     except KeyboardInterrupt:
+        close_progress_bars()
         print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001  (every error is one line; NPK_TRACEBACK=1 for the traceback)
         if os.environ.get("NPK_TRACEBACK"):
             raise
-        known = isinstance(e, (UsageError, KeyError, ValueError, TypeError, OSError))
+        close_progress_bars()
+        known = isinstance(e, (UsageError, KeyError, ValueError, TypeError, OSError, ArithmeticError))
         text = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"{prog}: error: {one_line(text) if known else type(e).__name__ + ': ' + one_line(text)}",
               file=sys.stderr)

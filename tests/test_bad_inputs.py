@@ -87,6 +87,8 @@ COMMAND = [
     ("--n-test x", ["run", "theorems", "--n-test", "x"], "argument --n-test: expected a positive int, got 'x'"),
     ("unknown experiment", ["run", "nope"], "no experiment named 'nope'"),
     ("unknown data set", ["run", "theorems", "--dataset", "svhn", "--out", "{tmp}/svhn"], "unknown data set 'svhn'"),
+    ("diverging training (lr=1e9)", ["run", "npk-evolution", "--quick", "--no-progress", "--set", "lr=1e9",
+                                     "--out", "{tmp}/nan"], "the training loss became nan in epoch 1; lower the learning rate"),
     ("missing data files", ["run", "npk-evolution", "--dataset", "mnist", "--data-root", "{tmp}/none",
                             "--out", "{tmp}/mnist"], "{tmp}/none"),
 ]
@@ -108,6 +110,12 @@ def test_a_bad_command_line_fails_in_one_line_with_status_2(places, capsys, argv
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert phrase.format(tmp=places) in err
+
+
+def test_an_error_during_training_starts_its_own_line_after_the_progress_bar(places, capsys):
+    assert cli.main(["run", "npk-evolution", "--quick", "--set", "lr=1e9", "--out", str(places / "nan")]) == 2
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last == "npk run: error: the training loss became nan in epoch 1; lower the learning rate"
 
 
 def test_an_ignored_data_root_warns(places, capsys):
@@ -184,5 +192,5 @@ def test_a_damaged_file_is_named(tmp_path, make, error, phrase):
 
 
 def test_the_tables_count_the_cases():
-    assert len(LIBRARY) + len(COMMAND) + len(FILES) == 39
+    assert len(LIBRARY) + len(COMMAND) + len(FILES) == 40
     assert json.dumps([c[0] for c in LIBRARY + COMMAND + FILES])  # every case is named
