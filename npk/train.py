@@ -78,7 +78,8 @@ def train(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int = 3
 
     checkpoint_dir: after every epoch the model, optimizer, shuffling RNG and history are written
     atomically to checkpoint_dir/checkpoint.pt; a rerun with the same settings resumes from it and
-    ends with the same weights as an uninterrupted run. `epochs` may grow between runs.
+    ends with the same weights as an uninterrupted run. `epochs` may grow between runs. An unreadable
+    checkpoint is named in a warning, deleted, and training starts again from epoch 0.
     """
     _check_options(epochs, lr, batch_size, optimizer, loss, eval_every, eval_batch_size)
     X, y, X_test, y_test = _check_data(data)

@@ -78,7 +78,7 @@ def merge_config(exp: Experiment, overrides: dict[str, Any] | None, quick: bool 
 
 
 NULLABLE = ("data_root", "n_train", "n_test")  # null: the default folders, every sample
-KINDS = ((bool, "true or false"), (int, "an int"), (float, "a number"), (str, "a string"), (list, "a list"),
+TYPE_WORDS = ((bool, "true or false"), (int, "an int"), (float, "a number"), (str, "a string"), (list, "a list"),
          (dict, "a mapping"))
 
 
@@ -89,7 +89,7 @@ def check_type(exp: Experiment, key: str, value) -> None:
     example = exp.defaults[key] if exp.defaults[key] is not None else exp.quick.get(key)
     if example is None or (value is None and (exp.defaults[key] is None or key in exp.nullable + NULLABLE)):
         return
-    for kind, words in KINDS:
+    for kind, words in TYPE_WORDS:
         if isinstance(example, kind):
             ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
             if kind is float:
