@@ -2,14 +2,18 @@
 network (DLGN), per architecture family, with the ratio DLGN / DNN of "Disentangling deep neural networks
 with rectified linear units using duality" (arXiv 2110.03403: the DLGN "recovers more than 83.5%").
 
-CPU (digits; FC, small conv and residual nets):  python analysis/dnn_dgn_dlgn.py
-C4GAP and ResNet-110 on CIFAR-10 (GPU):           python analysis/dnn_dgn_dlgn.py --config analysis/configs/dnn-dgn-dlgn.json
+CPU (digits; FC, small conv and residual nets):  npk run dnn-dgn-dlgn
+C4GAP and ResNet-110 on CIFAR-10 (GPU):           python analysis/dnn_dgn_dlgn.py
   CIFAR-100:  add --dataset cifar100;  VGG-16:  add --set conv_preset=VGG16
-Any flag of `npk run` works here (--out, --force, --quick, --set key=value).
+The script runs its config, analysis/configs/dnn-dgn-dlgn.json (--config FILE: another one); any flag of
+`npk run` works here too (--out, --force, --set key=value).
 """
 import sys
+from pathlib import Path
 
-from npk.cli import main
+from npk.cli import run_script
+
+CONFIG = Path(__file__).with_name("configs") / "dnn-dgn-dlgn.json"
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "dnn-dgn-dlgn", *sys.argv[1:]]))
+    sys.exit(run_script("dnn-dgn-dlgn", CONFIG, sys.argv[1:]))

@@ -2,14 +2,18 @@
 the binary 4-vs-7 task and the multi-class task ("Neural Path Features and Neural Path Kernel",
 arXiv 2006.10529: a depth-6, width-100, bias-free net with weights +-sqrt(2/w); nu_t falls during training).
 
-CPU (digits, about a minute):         python analysis/npk_evolution.py
-MNIST 4 vs 7 and 10 classes (GPU):    python analysis/npk_evolution.py --config analysis/configs/npk-evolution.json
+CPU (digits, about a minute):         npk run npk-evolution
+MNIST 4 vs 7 and 10 classes (GPU):    python analysis/npk_evolution.py
   (the four MNIST idx files in ./data/mnist, or pass --data-root)
-Any flag of `npk run` works here (--out, --force, --quick, --set key=value).
+The script runs its config, analysis/configs/npk-evolution.json (--config FILE: another one); any flag of
+`npk run` works here too (--out, --force, --set key=value).
 """
 import sys
+from pathlib import Path
 
-from npk.cli import main
+from npk.cli import run_script
+
+CONFIG = Path(__file__).with_name("configs") / "npk-evolution.json"
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "npk-evolution", *sys.argv[1:]]))
+    sys.exit(run_script("npk-evolution", CONFIG, sys.argv[1:]))

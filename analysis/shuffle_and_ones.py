@@ -3,13 +3,17 @@
 are shuffled (a fixed permutation of the units of every layer) with the value network retrained; the NPK
 of shuffled and unshuffled gates compared exactly.
 
-CPU (digits, FC 3x128):              python analysis/shuffle_and_ones.py
-C4GAP on CIFAR-10 (GPU):             python analysis/shuffle_and_ones.py --config analysis/configs/shuffle-and-ones.json
-Any flag of `npk run` works here (--out, --force, --quick, --set key=value).
+CPU (digits, FC 3x128):              npk run shuffle-and-ones
+C4GAP on CIFAR-10 (GPU):             python analysis/shuffle_and_ones.py
+The script runs its config, analysis/configs/shuffle-and-ones.json (--config FILE: another one); any flag of
+`npk run` works here too (--out, --force, --set key=value).
 """
 import sys
+from pathlib import Path
 
-from npk.cli import main
+from npk.cli import run_script
+
+CONFIG = Path(__file__).with_name("configs") / "shuffle-and-ones.json"
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "shuffle-and-ones", *sys.argv[1:]]))
+    sys.exit(run_script("shuffle-and-ones", CONFIG, sys.argv[1:]))

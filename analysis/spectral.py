@@ -3,14 +3,18 @@ eigenvalue decay, the principal angles between top-k eigenspaces, the kernel-tar
 top-k label energy of the DLGN's learnt NPK against the DNN's learnt NPK and empirical NTK, over a grid of
 depths and widths.
 
-CPU (digits, depths 2, 4 x widths 64, 256; a few minutes):  python analysis/spectral.py
-CIFAR-10, a larger grid (GPU):  python analysis/spectral.py --config analysis/configs/spectral.json
+CPU (digits, depths 2, 4 x widths 64, 256; a few minutes):  npk run spectral
+CIFAR-10, a larger grid (GPU):  python analysis/spectral.py
   (CIFAR-10 python batches in ./data/cifar-10-batches-py, or pass --data-root)
-Any flag of `npk run` works here (--out, --force, --quick, --set key=value).
+The script runs its config, analysis/configs/spectral.json (--config FILE: another one); any flag of
+`npk run` works here too (--out, --force, --set key=value).
 """
 import sys
+from pathlib import Path
 
-from npk.cli import main
+from npk.cli import run_script
+
+CONFIG = Path(__file__).with_name("configs") / "spectral.json"
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "spectral", *sys.argv[1:]]))
+    sys.exit(run_script("spectral", CONFIG, sys.argv[1:]))

@@ -3,14 +3,18 @@
 invariance of circular conv + GAP NPKs (random inputs and real images), the residual ensemble; with the
 cases that must fail (zero padding, flatten head, a wrong constant). Float64, no training.
 
-CPU (digits images, about a minute):   python analysis/theorems.py
-Wider sweeps, more draws, CIFAR-10:    python analysis/theorems.py --config analysis/configs/theorems.json
+CPU (digits images, about a minute):   npk run theorems
+Wider sweeps, more draws, CIFAR-10:    python analysis/theorems.py
   (CIFAR-10 python batches in ./data/cifar-10-batches-py, or pass --data-root; CPU, tens of minutes)
-Any flag of `npk run` works here (--out, --force, --quick, --set key=value).
+The script runs its config, analysis/configs/theorems.json (--config FILE: another one); any flag of
+`npk run` works here too (--out, --force, --set key=value).
 """
 import sys
+from pathlib import Path
 
-from npk.cli import main
+from npk.cli import run_script
+
+CONFIG = Path(__file__).with_name("configs") / "theorems.json"
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "theorems", *sys.argv[1:]]))
+    sys.exit(run_script("theorems", CONFIG, sys.argv[1:]))

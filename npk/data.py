@@ -40,6 +40,7 @@ import gzip
 import importlib
 import io
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -205,8 +206,8 @@ def read_idx(path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             buf = f.read()
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable idx file ({e})") from e
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: not a readable idx file ({type(e).__name__}: {e}); download it again") from e
     return parse_idx(buf, str(path))
 
 
@@ -233,6 +234,10 @@ def _read_mnist(name: str, root) -> _Raw:
     xtr, ytr, xte, yte = (read_idx(p) for p in paths)
     for x, y, px, py in ((xtr, ytr, paths[0], paths[1]), (xte, yte, paths[2], paths[3])):
         _check_mnist_pair(x, y, px, py)
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise ValueError(f"{paths[2]}: test images are {'x'.join(map(str, xte.shape[1:]))} but the training images "
+                         f"in {paths[0].name} are {'x'.join(map(str, xtr.shape[1:]))}; the four files must come "
+                         f"from one data set")
     classes = FASHION_MNIST_CLASSES if name == "fashion-mnist" else list(range(10))
     return _Raw(xtr[:, None], ytr.astype(np.int64), xte[:, None], yte.astype(np.int64), list(classes),
                 255.0, str(paths[0].parent))

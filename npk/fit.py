@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .kernels.linalg import as_float64, check_gram, check_psd, cholesky, label_codes, shifted
+from .validate import finite_values, nonempty_samples
 
 RIDGE_GRID = tuple(10.0 ** np.arange(-6, 2))   # lambda / (tr K / N)
 SVM_GRID = tuple(10.0 ** np.arange(-2, 5))     # C * (tr K / N)
@@ -101,6 +102,7 @@ def _scale(K: torch.Tensor) -> float:
 
 def _grams(K_train, K_test, test_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """K_train checked square, symmetric and PSD; K_test checked (M, N); both float64 on K_train's device."""
+    nonempty_samples("K_train", torch.as_tensor(K_train))
     K = check_gram(K_train, "K_train")
     check_psd(K, "K_train")
     return K, _check_cross(K_test, K, test_name).to(K.device)
@@ -300,6 +302,7 @@ def gp_posterior(K_train, y_train, K_test_train, k_test_diag, noise: float, y_te
         return _result(P, "gp", "noise", noise, noise / P.scale, mean, [], Y_test, var)
     K, Ks = _grams(K_train, K_test_train, "K_test_train")
     y = y.to(device=K.device, dtype=torch.float64)
+    finite_values("y_train", y)
     if len(y) != len(K) or y.dim() > 2:
         raise ValueError(f"float y_train must be (N,) or (N, k) with N = {len(K)}, got shape {tuple(y.shape)}")
     mean, var = _gp(K, Ks, k_test_diag, y.reshape(len(K), -1), noise)

@@ -132,7 +132,7 @@ class RunDir:
                              f"in {self.path}") from e
         if results.get("finished") is True:
             raise FileExistsError(f"{self.path} holds a finished run ({RESULTS} has \"finished\": true); pass "
-                                  f"force=True to overwrite it, or choose another folder")
+                                  f"force=True (npk run --force) to replace it, or choose another folder")
         return results
 
     @property

@@ -19,6 +19,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,11 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .files import UnreadableFile, load_pt
 from .kernels.store import atomic_write
 
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "mse")
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_KEYS = {"epoch", "model", "optimizer", "generator", "history", "config"}
 
 
 @dataclass
@@ -75,7 +78,8 @@ def train(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int = 3
 
     checkpoint_dir: after every epoch the model, optimizer, shuffling RNG and history are written
     atomically to checkpoint_dir/checkpoint.pt; a rerun with the same settings resumes from it and
-    ends with the same weights as an uninterrupted run. `epochs` may grow between runs.
+    ends with the same weights as an uninterrupted run. `epochs` may grow between runs. An unreadable
+    checkpoint is named in a warning, deleted, and training starts again from epoch 0.
     """
     _check_options(epochs, lr, batch_size, optimizer, loss, eval_every, eval_batch_size)
     X, y, X_test, y_test = _check_data(data)
@@ -93,8 +97,9 @@ def train(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int = 3
                   trainable=[name for name, p in model.named_parameters() if p.requires_grad])
     path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     history, start = TrainResult(), 0
-    if path is not None and path.exists():
-        history, start = _resume(path, model, opt, generator, config, epochs)
+    state = _checkpoint(path)
+    if state is not None:
+        history, start = _resume(path, state, model, opt, generator, config, epochs)
     elif callback is not None:
         callback(0, model)
 
@@ -256,9 +261,25 @@ def _save(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def _resume(path: Path, model, opt, generator, config: dict, epochs: int) -> tuple[TrainResult, int]:
-    """Load the checkpoint into model, optimizer and RNG; return its history and epoch."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def _checkpoint(path: Path | None) -> dict | None:
+    """The checkpoint saved at `path`; None when there is none, or when it is unreadable (then it is
+    deleted with a warning naming it, and training starts again from epoch 0)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = load_pt(path)
+        if isinstance(state, dict) and CHECKPOINT_KEYS <= set(state):
+            return state
+        problem = f"{path} is not an npk training checkpoint (it lacks {sorted(CHECKPOINT_KEYS)})"
+    except UnreadableFile as e:
+        problem = str(e)
+    warnings.warn(f"{problem}; deleting it and training from epoch 0", stacklevel=3)
+    path.unlink()
+    return None
+
+
+def _resume(path: Path, state: dict, model, opt, generator, config: dict, epochs: int) -> tuple[TrainResult, int]:
+    """Load the checkpoint `state` (read from `path`) into model, optimizer and RNG; return its history and epoch."""
     changed = {k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v}
     if changed:
         raise ValueError(f"{path} was written with other settings (checkpoint vs now: {changed}); "

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from npk.experiments import npk_evolution as evolution_module
+from npk.files import load_pt
 from npk.experiments import run_experiment
 from npk.experiments.base import get, merge_config
-from npk.experiments.common import load_data, make_model
-from npk.experiments.npk_evolution import kernel_subset, one_vs_rest, record_epochs
+from npk.experiments.common import kernel_subset, load_data, make_model
+from npk.experiments.npk_evolution import one_vs_rest, record_epochs
 from npk.kernels.linalg import nu
 from npk.kernels.npk import npk_gram
 from npk.models.init import init_weights
@@ -175,12 +176,12 @@ def test_spectral_angles_are_those_of_the_cached_grams(spectral_run):
     """The mean cosine of the principal angles, recomputed from the cached Grams with numpy."""
     folder, results = spectral_run
     cell = results["spectral"]["cells"][0]
-    grams = torch.load(folder / "cache" / "spectral-d1-w16-grams.pt", weights_only=False)
+    grams = load_pt(folder / "cache" / "spectral-d1-w16-grams.pt")["value"]
     top = {name: np.linalg.eigh(K.numpy())[1][:, ::-1][:, :10] for name, K in grams.items()}
     cos = np.linalg.svd(top["DLGN NPK"].T @ top["DNN NTK"], compute_uv=False)
     assert cell["pairs"]["DLGN NPK vs DNN NTK"]["10"] == pytest.approx(cos.mean(), abs=1e-8)
     assert torch.equal(grams["DLGN NPK (init)"],
-                       torch.load(folder / "cache" / "spectral-d1-w16-dlgn-npk-init.pt", weights_only=False))
+                       load_pt(folder / "cache" / "spectral-d1-w16-dlgn-npk-init.pt")["value"])
 
 
 # ------------------------------------------------------------------------------------------ bad configs

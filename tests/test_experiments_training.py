@@ -18,7 +18,7 @@ from npk.data import load
 from npk.experiments import run_experiment
 from npk.experiments.base import get, merge_config
 from npk.experiments.gate_copy import saved_state
-from npk.experiments.regimes_table import build_model, check_common, family_view, mean_std, pm
+from npk.experiments.common import build_model, check_common, family_view, mean_std, pm
 from npk.experiments.shuffle_and_ones import npk_change
 from npk.models.conv import ConvDLGN
 from npk.models.regimes import shuffled_gates
@@ -152,7 +152,8 @@ def test_gate_copy(gate_copy):
 
 
 def test_gate_copy_reports_a_missing_saved_state(tmp_path):
-    run = types.SimpleNamespace(path=tmp_path, cached=lambda key, compute: compute())
+    run = types.SimpleNamespace(path=tmp_path, records={"gate-copy-relu-s0": {}},
+                                cached=lambda key, compute, depends=None: compute())
     with pytest.raises(RuntimeError, match="state after epoch 3 .seed 0. was not saved"):
         saved_state(run, 0, 3)
 

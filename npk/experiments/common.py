@@ -1,18 +1,27 @@
-"""Building blocks the experiments share: data, models, training, Grams and kernel accuracy."""
+"""Building blocks the experiments share: data, models, keyed training, Grams and kernel accuracy, and the
+config checks, presets and mean +- std summaries of the training experiments."""
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+from numbers import Integral
+from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .. import data as datasets
 from .. import models
+from ..files import UnreadableFile, load_pt
 from ..fit import kernel_ridge
 from ..kernels.gram import preflight_grams
 from ..kernels.infinite import infinite_ntk
 from ..kernels.npk import npk_gram
 from ..kernels.ntk import ntk_gram
-from ..train import train
+from ..plots import accuracy_bars, new_figure, save_figure
+from ..report import data_checksum, jsonable
+from ..train import CHECKPOINT_FILE, TrainResult, train
 from .base import Run
 
 FAMILIES = ("fc", "conv", "res")
@@ -20,15 +29,25 @@ FAMILIES = ("fc", "conv", "res")
 
 def load_data(cfg: dict, flatten: bool, run: Run | None = None) -> datasets.Dataset:
     """The data set named by cfg (dataset, data_root, n_train, n_test, seed, binary); with `run`, its
-    checksum goes into the run's results.json (provenance)."""
+    checksum goes into the run's results.json (provenance) and into the input records of later stages."""
     data = datasets.load(cfg["dataset"], root=cfg.get("data_root"), n_train=cfg.get("n_train"),
                          n_test=cfg.get("n_test"), binary=cfg.get("binary"), seed=cfg.get("seed", 0),
                          flatten=flatten)
     if run is not None:
-        sums = dict(run.dir.results.get("data_checksums", {}))
-        sums[f"{data.name} binary={cfg.get('binary')}"] = data.checksum()
-        run.dir.save_results(data_checksums=sums)
+        label = f"{data.name} binary={cfg.get('binary')}"
+        run.data_seen[label] = data.checksum()
+        run.dir.save_results(data_checksums={**run.dir.results.get("data_checksums", {}), label: run.data_seen[label]})
     return data
+
+
+def kernel_subset(data: datasets.Dataset, n: int | None, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded random subset of n training samples (all of them when n is None or >= N)."""
+    N = len(data.X_train)
+    if n is None or n >= N:
+        return torch.arange(N)
+    if n < 2:
+        raise ValueError(f"n_kernel must be None (every training sample) or at least 2, got {n}")
+    return torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
 def make_model(family: str, kind: str, data: datasets.Dataset, cfg: dict, **opts) -> models.GatedNet:
@@ -63,11 +82,8 @@ def input_view(family: str, data: datasets.Dataset) -> datasets.Dataset:
 
 
 def fit_network(run: Run, key: str, model: torch.nn.Module, data: datasets.Dataset, cfg: dict) -> dict:
-    """Train `model` in place (checkpointed under cache/<key>, so a rerun resumes); return its accuracies."""
-    result = train(model, data, epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
-                   optimizer=cfg["optimizer"], seed=cfg.get("seed", 0), device=cfg.get("device", "cpu"),
-                   progress=run.progress,
-                   checkpoint_dir=run.checkpoint_dir(f"train-{key}"))
+    """Train `model` in place (checkpointed under cache/train-<key>, so a rerun resumes); return its accuracies."""
+    result = train_net(run, f"train-{key}", model, data, cfg, cfg.get("seed", 0))
     return {"best_test_acc": result.best_test_acc, "final_test_acc": result.final_test_acc,
             "best_epoch": result.best_epoch, "test_acc": result.test_acc, "train_acc": result.train_acc}
 
@@ -113,3 +129,156 @@ def on_model_device(kernel, model: torch.nn.Module, **options):
 def kernel_accuracy(K_train: torch.Tensor, K_test: torch.Tensor, data: datasets.Dataset, seed: int = 0) -> float:
     """Test accuracy of kernel ridge regression (one-vs-rest, ridge chosen on a validation split)."""
     return kernel_ridge(K_train, data.y_train, K_test, data.y_test, seed=seed).accuracy
+
+
+KINDS = ("dnn", "dgn", "dlgn")
+PRESETS = {
+    "conv": {"C4GAP": models.C4GAP, "VCONV": models.VCONV, "GCONV": models.GCONV,
+             "VGG16": lambda kind, **kw: models.VGG("vgg16", kind, **kw)},
+    "res": {"ResNet20": lambda kind, **kw: models.resnet_preset((3, 3, 3), kind=kind, **kw),
+            "ResNet110": lambda kind, **kw: models.resnet_preset((18, 18, 18), kind=kind, **kw)},
+}
+
+
+# ------------------------------------------------------------------------------------------ training experiments
+def check_subset(name: str, values, choices: Sequence) -> list:
+    """`values` as a list, or a ValueError unless it is a non-empty list of distinct entries of `choices`."""
+    values = list(values) if isinstance(values, (list, tuple)) else values
+    if not isinstance(values, list) or not values or len(set(values)) != len(values) \
+            or any(v not in choices for v in values):
+        raise ValueError(f"{name} must be a non-empty list of distinct entries of {list(choices)}, got {values!r}")
+    return values
+
+
+def check_common(cfg: dict, families: Sequence[str], kinds: Sequence[str] = ()) -> list[int]:
+    """Check the keys every training experiment shares; return the seeds seed, seed + 1, ... (n_seeds of them).
+
+    An experiment of one architecture has a key `family` (checked here); others list `families`."""
+    if "family" in cfg and cfg["family"] not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {cfg['family']!r}")
+    check_subset("families", families, FAMILIES)
+    if kinds:
+        check_subset("kinds", kinds, KINDS)
+    for family in ("conv", "res"):
+        preset = cfg.get(f"{family}_preset")
+        if preset is not None and preset not in PRESETS[family]:
+            raise ValueError(f"{family}_preset must be null or one of {list(PRESETS[family])}, got {preset!r}")
+    n = cfg["n_seeds"]
+    if not isinstance(n, Integral) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n_seeds must be a positive int (the number of repetitions), got {n!r}")
+    return [cfg["seed"] + i for i in range(n)]
+
+
+def family_view(family: str, data, cfg: dict):
+    """Images for conv nets and preset ResNets, flat vectors for the fully connected ones."""
+    images = family == "conv" or (family == "res" and cfg.get("res_preset") is not None)
+    return data if images else data.flat()
+
+
+def family_label(family: str, cfg: dict) -> str:
+    """A short name of the architecture, e.g. 'FC 6x128' or 'conv [16, 16]+GAP'."""
+    preset = cfg.get(f"{family}_preset")
+    if preset is not None:
+        return preset
+    if family == "fc":
+        widths = cfg["widths"]
+        return f"FC {len(widths)}x{widths[0]}" if len(set(widths)) == 1 else f"FC {widths}"
+    if family == "conv":
+        dense = f"+dense {cfg['dense_widths']}" if cfg.get("dense_widths") else ""
+        return f"conv {cfg['channels']}+GAP{dense}"
+    return f"res {cfg['res_blocks']}x{cfg['res_width']}"
+
+
+def build_model(family: str, kind: str, data, cfg: dict, seed: int, **opts) -> models.GatedNet:
+    """A fresh model of `family` and `kind`, seeded by `seed`: a preset (cfg conv_preset / res_preset) or
+    `common.make_model` with cfg's widths / channels (+ dense_widths for conv). `opts` go to the class."""
+    preset = cfg.get(f"{family}_preset")
+    if preset is None:
+        if family == "conv":
+            opts.setdefault("dense_widths", cfg.get("dense_widths", []))
+        return make_model(family, kind, data, {**cfg, "seed": seed}, **opts)
+    torch.manual_seed(seed)
+    C, *spatial = data.shape
+    return PRESETS[family][preset](kind, in_channels=C, input_size=tuple(spatial), d_out=data.n_classes, **opts)
+
+
+def train_net(run: Run, key: str, model: torch.nn.Module, data, cfg: dict, seed: int, *, epochs: int | None = None,
+              keep_best: bool = False, callback=None) -> TrainResult:
+    """Train `model` in place with cfg's optimiser settings, checkpointed under cache/<key>: a rerun resumes
+    (or, when finished, loads the final weights and history without training).
+
+    The checkpoint is keyed by what the training depends on: the model's architecture and initial weights
+    (`model_fingerprint`), the data loaded, the optimiser settings and the seed. `epochs` may grow between
+    runs (training continues); a checkpoint past `epochs` is discarded and the training starts again."""
+    epochs = epochs or cfg["epochs"]
+    options = dict(lr=cfg["lr"], batch_size=cfg["batch_size"], optimizer=cfg["optimizer"], seed=seed,
+                   keep_best=keep_best)
+    folder = run.checkpoint_dir(key, depends={"model": model_fingerprint(model), "data": run.data_seen, **options})
+    saved = folder / CHECKPOINT_FILE
+    if saved.exists():
+        try:
+            reached = load_pt(saved).get("epoch", 0)
+        except (UnreadableFile, AttributeError):
+            reached = 0  # train() names and replaces an unreadable checkpoint
+        if reached > epochs:
+            saved.unlink()
+            run.stages[key] = f"recomputed: its checkpoint is at epoch {reached} > epochs = {epochs}"
+    return train(model, data, epochs=epochs, device=cfg.get("device", "cpu"), callback=callback,
+                 progress=run.progress, checkpoint_dir=folder, **options)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of a model's architecture (its repr and the plain attributes of every submodule: gate kind,
+    beta, gate permutations, ...), its weights and which of them train."""
+    parts = [repr(model)]
+    for name, module in model.named_modules():
+        attrs = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and _plain(v)}
+        parts.append(f"{name}:{json.dumps(jsonable(attrs), sort_keys=True)}")
+    parts.append(data_checksum(model.state_dict()))
+    parts.append(str([n for n, p in model.named_parameters() if p.requires_grad]))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _plain(value) -> bool:
+    """True for numbers, strings, None, tensors and lists / tuples / dicts of them."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return isinstance(value, (str, int, float, bool, type(None), torch.Tensor))
+
+
+def mean_std(values: Sequence[float]) -> dict:
+    """{"mean", "std", "runs"}: the sample standard deviation (ddof 1), 0 for a single run."""
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "runs": a.tolist()}
+
+
+def pm(stats: Mapping) -> str:
+    """A mean +- std of accuracies as a percentage string, e.g. '97.12 ± 0.31' (just '97.12' for one run)."""
+    if len(stats["runs"]) == 1:
+        return f"{100 * stats['mean']:.2f}"
+    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
+
+
+def accuracy_summary(results: Sequence[TrainResult]) -> dict:
+    """Mean +- std over runs of the best and the final test accuracy."""
+    return {"best": mean_std([r.best_test_acc for r in results]),
+            "final": mean_std([r.final_test_acc for r in results])}
+
+
+def bars_with_errors(stats: Mapping[str, Mapping[str, Mapping]], path, title: str):
+    """Grouped accuracy bars (stats[group][series] = {"mean", "std"}) with +- std error bars (none where std = 0)."""
+    table = {g: {s: v["mean"] for s, v in row.items()} for g, row in stats.items()}
+    n_series = len({s for row in stats.values() for s in row})
+    fig, ax = new_figure(None, path, figsize=(min(12.0, max(4.5, 1.5 + 0.6 * len(stats) * n_series)), 4.0))
+    accuracy_bars(table, ax=ax, title=title)
+    series = list(dict.fromkeys(s for row in stats.values() for s in row))
+    for name, bars in zip(series, list(ax.containers)):
+        stds = [row[name]["std"] for row in stats.values() if name in row]
+        if not any(stds):
+            continue
+        centres = [b.get_x() + b.get_width() / 2 for b in bars]
+        ax.errorbar(centres, [b.get_height() for b in bars], yerr=[100 * s for s in stds], fmt="none",
+                    ecolor="black", elinewidth=0.8, capsize=2)
+    return save_figure(fig, path)

@@ -12,9 +12,8 @@ the ratio of the mean best test accuracies, per family (fc, conv, res).
 from __future__ import annotations
 
 from .base import experiment
-from .common import gated_opts, load_data
-from .regimes_table import (accuracy_summary, bars_with_errors, build_model, check_common, family_label,
-                            family_view, pm, train_net)
+from .common import (accuracy_summary, bars_with_errors, build_model, check_common, family_label, family_view,
+                     gated_opts, load_data, pm, train_net)
 
 
 @experiment(

@@ -20,8 +20,7 @@ from ..models import regimes
 from ..plots import new_figure, save_figure, styled
 from ..train import accuracy
 from .base import experiment
-from .common import load_data
-from .regimes_table import accuracy_summary, build_model, check_common, family_label, family_view, pm, train_net
+from .common import accuracy_summary, build_model, check_common, family_label, family_view, load_data, pm, train_net
 
 
 def check_epochs(copy_epochs, relu_epochs) -> tuple[list[int], int]:
@@ -42,12 +41,17 @@ def state_key(seed: int, epoch: int) -> str:
     return f"gate-copy-relu-s{seed}-epoch{epoch}"
 
 
+def state_inputs(run, seed: int, epoch: int) -> dict:
+    """What the saved state after `epoch` depends on: the ReLU network's training, and the epoch."""
+    return {"training": run.records[f"gate-copy-relu-s{seed}"], "epoch": epoch}
+
+
 def train_relu(run, template, data, cfg: dict, seed: int, ks: list[int], epochs: int):
     """Train the ReLU network from `template`, caching its state_dict after every epoch in ks (0: before training)."""
     def save_state(epoch, model):
         if epoch in ks:
-            run.cached(state_key(seed, epoch),
-                       lambda: {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            run.cached(state_key(seed, epoch), lambda: {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                       depends=state_inputs(run, seed, epoch))
     return train_net(run, f"gate-copy-relu-s{seed}", regimes.relu(template), data, cfg, seed, epochs=epochs,
                      callback=save_state)
 
@@ -57,7 +61,7 @@ def saved_state(run, seed: int, epoch: int) -> dict:
         raise RuntimeError(f"the ReLU network's state after epoch {epoch} (seed {seed}) was not saved (the run "
                            f"stopped between that epoch's checkpoint and its callback); delete "
                            f"{run.path / 'cache' / f'gate-copy-relu-s{seed}'} and rerun")
-    return run.cached(state_key(seed, epoch), missing)
+    return run.cached(state_key(seed, epoch), missing, depends=state_inputs(run, seed, epoch))
 
 
 @styled

@@ -14,8 +14,10 @@ during training. The ridge eps (config nu_eps) keeps nu finite when H_t is singu
 trace 1, so eps is relative to the mean eigenvalue 1 / n_kernel.
 
 Resuming: training runs up to each recorded epoch in turn, from one checkpoint folder per task (model,
-optimizer and shuffling state carry over, so the run is the same as one uninterrupted call), and the
-numbers of each recorded epoch are cached: an interruption anywhere loses at most the epoch in progress.
+optimizer and shuffling state carry over, so the run is the same as one uninterrupted call); the weights
+and the numbers of each recorded epoch are cached, keyed by what they depend on (see `evolve`): an
+interruption anywhere loses at most the epoch in progress, and a changed n_kernel or nu_eps reuses the
+training.
 """
 from __future__ import annotations
 
@@ -26,21 +28,10 @@ from .. import data as datasets
 from ..kernels.linalg import alignment, centered_alignment, nu, spectrum
 from ..models.init import init_weights
 from ..plots import curves, new_figure, save_figure, spectrum_plot
-from ..train import train
 from .base import experiment
-from .common import load_data, make_model, npk_fn
+from .common import kernel_subset, load_data, make_model, model_fingerprint, npk_fn, train_net
 
 INIT_TEXT = {"bernoulli": "+-sqrt(2 / fan_in) with random signs", "gaussian": "N(0, 2 / fan_in)"}
-
-
-def kernel_subset(data: datasets.Dataset, n: int | None, seed: int) -> torch.Tensor:
-    """Sorted indices of a seeded random subset of n training samples (all of them when n is None or >= N)."""
-    N = len(data.X_train)
-    if n is None or n >= N:
-        return torch.arange(N)
-    if n < 2:
-        raise ValueError(f"n_kernel must be None (every training sample) or at least 2, got {n}")
-    return torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
 def one_vs_rest(y: torch.Tensor, n_out: int) -> torch.Tensor:
@@ -65,29 +56,44 @@ def npk_numbers(model, X: torch.Tensor, Y: torch.Tensor, eps: float) -> dict:
 
 
 def evolve(run, cfg: dict, task: str, data: datasets.Dataset) -> dict:
-    """Train a fresh net on `data`, recording the NPK numbers at every recorded epoch (cached); the history."""
-    model = make_model("fc", "dnn", data, cfg)
-    init_weights(model.value_layers, scheme=cfg["init"])
+    """Train a fresh net on `data`, recording the NPK numbers at every recorded epoch; the history.
+
+    Three kinds of saved stages, each keyed by what it depends on: the training checkpoint (the net, its
+    initial weights, the data and the optimiser settings), the weights at each recorded epoch (the same,
+    and the epoch) and the numbers at each recorded epoch (those weights, n_kernel, nu_eps, seed). A
+    changed n_kernel thus recomputes the numbers from the saved weights without training again."""
+    def fresh():  # the net at initialisation (the same weights every time)
+        net = make_model("fc", "dnn", data, cfg)
+        init_weights(net.value_layers, scheme=cfg["init"])
+        return net
+
+    model = fresh()
     index = kernel_subset(data, cfg["n_kernel"], cfg["seed"])
     n_out = model.value_layers[-1].out_features
     X, Y = data.X_train[index], one_vs_rest(data.y_train[index], n_out)
-    checkpoint = run.checkpoint_dir(f"evolution-train-{task}")
+    training = {"model": model_fingerprint(model), "data": run.data_seen, "lr": cfg["lr"],
+                "batch_size": cfg["batch_size"], "optimizer": cfg["optimizer"], "seed": cfg["seed"]}
+    kernel = {"n_kernel": cfg["n_kernel"], "nu_eps": cfg["nu_eps"]}
 
-    def fit(epochs: int):
-        return train(model, data, epochs=epochs, lr=cfg["lr"], batch_size=cfg["batch_size"],
-                     optimizer=cfg["optimizer"], seed=cfg["seed"], device=cfg["device"], progress=run.progress,
-                     checkpoint_dir=checkpoint)
+    def fit(net, epochs: int):
+        return train_net(run, f"evolution-train-{task}", net, data, cfg, cfg["seed"], epochs=epochs)
 
-    def at(epoch: int):
-        def compute():
-            if epoch > 0:
-                fit(epoch)
-            return npk_numbers(model, X, Y, cfg["nu_eps"])
-        return compute
+    def weights(epoch: int) -> dict:
+        net = fresh()
+        if epoch > 0:
+            fit(net, epoch)
+        return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+    def numbers(epoch: int) -> dict:
+        state = run.cached(f"evolution-{task}-weights-{epoch}", lambda: weights(epoch),
+                           depends={**training, "epoch": epoch})
+        model.load_state_dict(state)
+        return npk_numbers(model, X, Y, cfg["nu_eps"])
 
     epochs = record_epochs(cfg["epochs"], cfg["record_every"])
-    records = [run.cached(f"evolution-{task}-epoch-{e}", at(e)) for e in epochs]
-    history = fit(cfg["epochs"])            # at the last checkpoint already: returns the history only
+    records = [run.cached(f"evolution-{task}-epoch-{e}", lambda e=e: numbers(e),
+                          depends={**training, "epoch": e, **kernel}) for e in epochs]
+    history = fit(fresh(), cfg["epochs"])   # at the last checkpoint already: returns the history only
     test_acc = dict(zip(history.eval_epochs, history.test_acc))
     series = {key: [r[key] for r in records] for key in ("nu", "alignment", "centered_alignment")}
     steps = np.diff(series["nu"])
@@ -106,6 +112,7 @@ def evolve(run, cfg: dict, task: str, data: datasets.Dataset) -> dict:
                   batch_size=32, optimizer="sgd", lr=0.01, n_kernel=500, nu_eps=1e-6, spectra_epochs=None,
                   device="cpu"),
     quick=dict(n_train=150, n_test=50, widths=[32] * 3, epochs=3, record_every=1, lr=0.05, n_kernel=100),
+    nullable=("n_kernel", "binary"),
 )
 def npk_evolution(cfg: dict, run) -> dict:
     if cfg["init"] not in INIT_TEXT:

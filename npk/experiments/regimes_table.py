@@ -9,142 +9,21 @@
 
 Every regime of one seed starts from the same template (the same initial value weights). Each cell of
 the table is the mean +- standard deviation over seeds of each run's best (and final) test accuracy.
-
-This module also holds what the training-heavy experiments (dnn-dgn-dlgn, gate-copy,
-shuffle-and-ones) share: config checks, model presets, checkpointed training, mean +- std and bars
-with error bars.
 """
 from __future__ import annotations
 
 import copy
-from numbers import Integral
-from typing import Mapping, Sequence
+from typing import Mapping
 
-import numpy as np
 import torch
 
 from .. import models
 from ..models.regimes import REGIMES, make_regime
-from ..plots import accuracy_bars, new_figure, save_figure
-from ..train import TrainResult, train
 from .base import Run, experiment
-from .common import FAMILIES, load_data, make_model
+from .common import (accuracy_summary, bars_with_errors, build_model, check_common, check_subset, family_label,
+                     family_view, load_data, pm, train_net)
 
-KINDS = ("dnn", "dgn", "dlgn")
-PRESETS = {
-    "conv": {"C4GAP": models.C4GAP, "VCONV": models.VCONV, "GCONV": models.GCONV,
-             "VGG16": lambda kind, **kw: models.VGG("vgg16", kind, **kw)},
-    "res": {"ResNet20": lambda kind, **kw: models.resnet_preset((3, 3, 3), kind=kind, **kw),
-            "ResNet110": lambda kind, **kw: models.resnet_preset((18, 18, 18), kind=kind, **kw)},
-}
 PAPER_ORDER = ("FRNPF-II", "FRNPF-DI", "DLNPF", "FLNPF", "ReLU")
-
-
-# ------------------------------------------------------------------------------------------ shared helpers
-def check_subset(name: str, values, choices: Sequence) -> list:
-    """`values` as a list, or a ValueError unless it is a non-empty list of distinct entries of `choices`."""
-    values = list(values) if isinstance(values, (list, tuple)) else values
-    if not isinstance(values, list) or not values or len(set(values)) != len(values) \
-            or any(v not in choices for v in values):
-        raise ValueError(f"{name} must be a non-empty list of distinct entries of {list(choices)}, got {values!r}")
-    return values
-
-
-def check_common(cfg: dict, families: Sequence[str], kinds: Sequence[str] = ()) -> list[int]:
-    """Check the keys every training experiment shares; return the seeds seed, seed + 1, ... (n_seeds of them).
-
-    An experiment of one architecture has a key `family` (checked here); others list `families`."""
-    if "family" in cfg and cfg["family"] not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {cfg['family']!r}")
-    check_subset("families", families, FAMILIES)
-    if kinds:
-        check_subset("kinds", kinds, KINDS)
-    for family in ("conv", "res"):
-        preset = cfg.get(f"{family}_preset")
-        if preset is not None and preset not in PRESETS[family]:
-            raise ValueError(f"{family}_preset must be null or one of {list(PRESETS[family])}, got {preset!r}")
-    n = cfg["n_seeds"]
-    if not isinstance(n, Integral) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n_seeds must be a positive int (the number of repetitions), got {n!r}")
-    return [cfg["seed"] + i for i in range(n)]
-
-
-def family_view(family: str, data, cfg: dict):
-    """Images for conv nets and preset ResNets, flat vectors for the fully connected ones."""
-    images = family == "conv" or (family == "res" and cfg.get("res_preset") is not None)
-    return data if images else data.flat()
-
-
-def family_label(family: str, cfg: dict) -> str:
-    """A short name of the architecture, e.g. 'FC 6x128' or 'conv [16, 16]+GAP'."""
-    preset = cfg.get(f"{family}_preset")
-    if preset is not None:
-        return preset
-    if family == "fc":
-        widths = cfg["widths"]
-        return f"FC {len(widths)}x{widths[0]}" if len(set(widths)) == 1 else f"FC {widths}"
-    if family == "conv":
-        dense = f"+dense {cfg['dense_widths']}" if cfg.get("dense_widths") else ""
-        return f"conv {cfg['channels']}+GAP{dense}"
-    return f"res {cfg['res_blocks']}x{cfg['res_width']}"
-
-
-def build_model(family: str, kind: str, data, cfg: dict, seed: int, **opts) -> models.GatedNet:
-    """A fresh model of `family` and `kind`, seeded by `seed`: a preset (cfg conv_preset / res_preset) or
-    `common.make_model` with cfg's widths / channels (+ dense_widths for conv). `opts` go to the class."""
-    preset = cfg.get(f"{family}_preset")
-    if preset is None:
-        if family == "conv":
-            opts.setdefault("dense_widths", cfg.get("dense_widths", []))
-        return make_model(family, kind, data, {**cfg, "seed": seed}, **opts)
-    torch.manual_seed(seed)
-    C, *spatial = data.shape
-    return PRESETS[family][preset](kind, in_channels=C, input_size=tuple(spatial), d_out=data.n_classes, **opts)
-
-
-def train_net(run: Run, key: str, model: torch.nn.Module, data, cfg: dict, seed: int, *, epochs: int | None = None,
-              keep_best: bool = False, callback=None) -> TrainResult:
-    """Train `model` in place with cfg's optimiser settings, checkpointed under cache/<key>: a rerun resumes
-    (or, when finished, loads the final weights and history without training)."""
-    return train(model, data, epochs=epochs or cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
-                 optimizer=cfg["optimizer"], seed=seed, device=cfg["device"], keep_best=keep_best,
-                 callback=callback, progress=run.progress, checkpoint_dir=run.checkpoint_dir(key))
-
-
-def mean_std(values: Sequence[float]) -> dict:
-    """{"mean", "std", "runs"}: the sample standard deviation (ddof 1), 0 for a single run."""
-    a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "runs": a.tolist()}
-
-
-def pm(stats: Mapping) -> str:
-    """A mean +- std of accuracies as a percentage string, e.g. '97.12 ± 0.31' (just '97.12' for one run)."""
-    if len(stats["runs"]) == 1:
-        return f"{100 * stats['mean']:.2f}"
-    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
-
-
-def accuracy_summary(results: Sequence[TrainResult]) -> dict:
-    """Mean +- std over runs of the best and the final test accuracy."""
-    return {"best": mean_std([r.best_test_acc for r in results]),
-            "final": mean_std([r.final_test_acc for r in results])}
-
-
-def bars_with_errors(stats: Mapping[str, Mapping[str, Mapping]], path, title: str):
-    """Grouped accuracy bars (stats[group][series] = {"mean", "std"}) with +- std error bars (none where std = 0)."""
-    table = {g: {s: v["mean"] for s, v in row.items()} for g, row in stats.items()}
-    n_series = len({s for row in stats.values() for s in row})
-    fig, ax = new_figure(None, path, figsize=(min(12.0, max(4.5, 1.5 + 0.6 * len(stats) * n_series)), 4.0))
-    accuracy_bars(table, ax=ax, title=title)
-    series = list(dict.fromkeys(s for row in stats.values() for s in row))
-    for name, bars in zip(series, list(ax.containers)):
-        stds = [row[name]["std"] for row in stats.values() if name in row]
-        if not any(stds):
-            continue
-        centres = [b.get_x() + b.get_width() / 2 for b in bars]
-        ax.errorbar(centres, [b.get_height() for b in bars], yerr=[100 * s for s in stds], fmt="none",
-                    ecolor="black", elinewidth=0.8, capsize=2)
-    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ the experiment

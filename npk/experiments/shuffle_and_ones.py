@@ -23,9 +23,8 @@ from ..kernels.npk import npk_gram
 from ..models.regimes import freeze, shuffled_gates
 from ..train import accuracy
 from .base import experiment
-from .common import gated_opts, load_data
-from .regimes_table import (accuracy_summary, bars_with_errors, build_model, check_common, family_label,
-                            family_view, mean_std, pm, train_net)
+from .common import (accuracy_summary, bars_with_errors, build_model, check_common, family_label, family_view,
+                     gated_opts, load_data, mean_std, pm, train_net)
 
 SETTINGS = {"x": "value input x", "ones": "value input ones", "fixed": "gates fixed, values retrained",
             "shuffled-as-is": "gates shuffled, trained values", "shuffled": "gates shuffled, values retrained"}

@@ -22,8 +22,7 @@ import torch
 from ..kernels.linalg import centered_alignment, principal_angles, spectrum, top_k_energy
 from ..plots import new_figure, save_figure, spectrum_plot
 from .base import experiment
-from .common import fit_network, load_data, make_model, npk_fn, ntk_fn
-from .npk_evolution import kernel_subset
+from .common import fit_network, kernel_subset, load_data, make_model, npk_fn, ntk_fn
 
 KERNELS = ("DLGN NPK", "DLGN NPK (init)", "DNN NPK", "DNN NTK")
 PAIRS = (("DLGN NPK", "DNN NPK"), ("DLGN NPK", "DNN NTK"), ("DNN NPK", "DNN NTK"), ("DLGN NPK (init)", "DNN NPK"))

@@ -31,6 +31,7 @@ from ..models.base import GatedNet, check_input
 from ..models.gates import check_kind
 from .compact import compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates, unpack_gates
 from .gram import TileKernel, available_memory, blocked_gram, dtype_size, preflight
+from ..validate import check_gram_request
 
 # bytes for the pair kernels of one block: on a CPU, blocks whose tensors stay under glibc's mmap threshold
 # are several times faster than large ones (a large tensor is freshly mapped and page-faulted at every op)
@@ -76,6 +77,7 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
     X = check_input(X, model.input_shape, "X")
     symmetric = Y is None
     Y = X if symmetric else check_input(Y, model.input_shape, "Y")
+    check_gram_request(X, Y, memory_budget)
     if Y.dtype != X.dtype or Y.device != X.device:
         raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
     kernel = NPKTiles(model, gates or model.gate_kind, X.dtype, memory_budget)

@@ -31,6 +31,7 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from ..models.base import GatedNet, check_input
 from .gram import TileKernel, blocked_gram
+from ..validate import check_gram_request
 from .ntk_structured import Structured, add_feature_gram, select_layers
 
 GROUPS = ("value", "gating", "all")
@@ -58,6 +59,7 @@ def ntk_gram(model: nn.Module, X: torch.Tensor, Y: torch.Tensor | None = None, p
     _check_choice("implementation", implementation, IMPLEMENTATIONS)
     _check_choice("outputs", outputs, OUTPUTS)
     X, Y, symmetric = _check_inputs(model, X, Y)
+    check_gram_request(X, Y, memory_budget)
     group = parameter_group(model, params)
     n_out, act = _probe(model, X)
     full = outputs == "full"

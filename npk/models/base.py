@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import graph
+from ..validate import finite_number
 from .gates import check_kind, gate
 from .init import he_init
 
@@ -62,7 +63,7 @@ class GatedNet(nn.Module):
             raise ValueError("a DNN gates itself, so its value network must read x; "
                              "use a DGN or DLGN for an all-ones value input")
         self.gate_kind = check_kind(gate)
-        self.beta, self.eps = float(beta), float(eps)
+        self.beta, self.eps = finite_number("beta", beta, 0, strict=True), finite_number("eps", eps, 0)
         self.value_input = value_input
         if self.gating == "self":
             self.gating_ops = None

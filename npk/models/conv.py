@@ -20,6 +20,7 @@ from typing import Sequence
 from torch import nn
 
 from .. import graph
+from ..validate import positive_ints
 from .base import GatedNet
 from .init import he_init
 
@@ -44,13 +45,6 @@ def spatial_shape(input_size, spatial_dims: int) -> tuple[int, ...]:
         raise ValueError(f"input_size must be a positive int or a tuple of {spatial_dims} positive ints "
                          f"(spatial_dims={spatial_dims}), got {input_size!r}")
     return tuple(map(int, size))
-
-
-def positive_ints(name: str, values, allow_empty: bool = False) -> list[int]:
-    values = list(values)
-    if (not values and not allow_empty) or any(not isinstance(v, Integral) or v < 1 for v in values):
-        raise ValueError(f"{name} must be a {'' if allow_empty else 'non-empty '}list of positive ints, got {values}")
-    return [int(v) for v in values]
 
 
 class OpBuilder:

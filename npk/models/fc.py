@@ -10,15 +10,14 @@ from typing import Sequence
 from torch import nn
 
 from .. import graph
+from ..validate import positive_int, positive_ints
 from .base import GatedNet
 from .init import he_init
 
 
 def fc_ops(d_in: int, widths: Sequence[int], d_out: int, bias: bool) -> list[graph.Op]:
     """Op list of a fully connected value network with one gate per hidden layer."""
-    if d_in < 1 or d_out < 1 or not widths or any(int(w) < 1 for w in widths):
-        raise ValueError(f"need d_in >= 1, d_out >= 1 and a non-empty list of positive widths, "
-                         f"got d_in={d_in}, widths={list(widths)}, d_out={d_out}")
+    d_in, widths, d_out = positive_int("d_in", d_in), positive_ints("widths", widths), positive_int("d_out", d_out)
     ops: list[graph.Op] = []
     sizes = [d_in, *map(int, widths)]
     for layer, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):

@@ -35,6 +35,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ..files import load_pt
 from .base import GatedNet
 from .init import init_weights
 
@@ -107,7 +108,7 @@ def gate_copy(template: GatedNet, checkpoint: str | os.PathLike | Mapping) -> Ga
     (as written by `npk.train.train`), or the path of a file holding either.
     """
     _check_dnn(template)
-    state = torch.load(checkpoint, map_location="cpu") if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    state = load_pt(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     if not isinstance(state, Mapping):
         raise TypeError(f"checkpoint must be a state_dict, a checkpoint dict or a path, got {type(state).__name__}")
     state = state.get("model", state)
