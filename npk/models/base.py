@@ -32,14 +32,17 @@ class GatedNet(nn.Module):
 
     gating: str = "self"
 
-    def __init__(self, ops: Sequence[graph.Op], input_shape: tuple[int, ...], *, gate: str = "hard",
-                 beta: float = 4.0, eps: float = 0.1, value_input: str = "x"):
+    def __init__(self, ops: Sequence[graph.Op], input_shape: tuple[int, ...], *, gating: str | None = None,
+                 gate: str = "hard", beta: float = 4.0, eps: float = 0.1, value_input: str = "x"):
         super().__init__()
+        if gating is not None:
+            self.gating = gating
         graph.validate(ops)
         self.ops = list(ops)
         self.input_shape = tuple(input_shape)
         self.value_layers = nn.ModuleList(graph.modules(self.ops))
         self.n_gated = graph.n_gated_layers(self.ops)
+        self.n_pools = len(graph.max_pools(self.ops))
         self._build_gating(gate, beta, eps, value_input)
         self._probe()
 
@@ -97,8 +100,23 @@ class GatedNet(nn.Module):
 
     def gating_preactivations(self, X: torch.Tensor) -> list[torch.Tensor]:
         """The pre-activations q_l(x) that the gates of each gated layer are computed from."""
+        return self.gating_pass(X)[0]
+
+    def selections(self, X: torch.Tensor) -> list[torch.Tensor]:
+        """Per MaxPool, the selected position of every window: flat spatial indices, (N, C, *S_out).
+
+        The stream that selects is the one the gating kind reads, as for the gates: a DNN's own stream;
+        a DGN's gating network's (ReLU) stream; for a DLGN or DLGN-SF the pre-activation q_l of the gate
+        before the pool (linear in x). A DLGN's gating stream itself pools by average over the same
+        windows, so that it stays a linear function of x; a DLGN-SF's input stream does the same.
+        """
+        return self.gating_pass(X)[1]
+
+    def gating_pass(self, X: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(pre-activations q_l, max-pool selections) from one pass of the gating network."""
         X = self.check_input(X)
         qs: list[torch.Tensor] = []
+        sels: list[torch.Tensor] = []
 
         def record(then):
             def on_gate(layer, q):
@@ -106,19 +124,31 @@ class GatedNet(nn.Module):
                 return then(q)
             return on_gate
 
+        def by_max(op, h):
+            pooled, sel = op.pool(h)
+            sels.append(sel)
+            return pooled
+
+        def by_linear(op, h):
+            sels.append(op.pool(h)[1])
+            return op.average(h)
+
         if self.gating == "self":
-            graph.run(self.ops, X, record(lambda q: self.gate_fn(q) * q))
+            graph.run(self.ops, X, record(lambda q: self.gate_fn(q) * q), by_max)
         elif self.gating == "relu":
-            graph.run(self.gating_ops, X, record(torch.relu))
+            graph.run(self.gating_ops, X, record(torch.relu), by_max)
         elif self.gating == "linear":
-            graph.run(self.gating_ops, X, record(lambda q: q))
+            graph.run(self.gating_ops, X, record(lambda q: q), by_linear)
         else:
-            graph.shallow_run(self.gating_ops, X, record(lambda q: q))
-        return qs
+            graph.shallow_run(self.gating_ops, X, record(lambda q: q), lambda op, q: sels.append(op.pool(q)[1]))
+        return qs, sels
 
     def gates(self, X: torch.Tensor, kind: str | None = None) -> list[torch.Tensor]:
         """One gate tensor per gated layer, (N, C) or (N, C, *spatial); `kind` overrides hard/soft."""
-        gs = [self.gate_fn(q, kind) for q in self.gating_preactivations(X)]
+        return self._gates_of(self.gating_preactivations(X), kind)
+
+    def _gates_of(self, qs: list[torch.Tensor], kind: str | None) -> list[torch.Tensor]:
+        gs = [self.gate_fn(q, kind) for q in qs]
         if self.gate_permutations is not None:
             gs = [g[:, perm] for g, perm in zip(gs, self.gate_permutations)]
         return gs
@@ -142,8 +172,10 @@ class GatedNet(nn.Module):
         X = self.check_input(X)
         if self.gating == "self" and self.gate_permutations is None:
             return graph.run(self.ops, X, lambda layer, q: self.gate_fn(q) * q)
-        gs = self.gates(X)
-        return graph.run(self.ops, self.value_stream_input(X), lambda layer, q: gs[layer] * q)
+        qs, sels = self.gating_pass(X)
+        gs = self._gates_of(qs, None)
+        return graph.run(self.ops, self.value_stream_input(X), lambda layer, q: gs[layer] * q,
+                         lambda op, h: graph.select(h, sels[op.index]))
 
     # ----------------------------------------------------------------------- parameter groups
     def value_parameters(self) -> Iterator[nn.Parameter]:
