@@ -133,8 +133,8 @@ def _count(ops, shape, count):
         elif isinstance(op, graph.Linear):
             m = op.module
             if op.is_conv:
+                fan_out = m.out_channels * math.prod(_most_reads(a, n) for a, n in zip(op.axes, shape[1:]))
                 shape = (m.out_channels, *(a.out_size(n) for a, n in zip(op.axes, shape[1:])))
-                fan_out = m.out_channels * math.prod(m.kernel_size)
                 count = count * fan_out + op.has_bias * math.prod(shape)
             else:
                 shape = (m.out_features,)
@@ -143,6 +143,17 @@ def _count(ops, shape, count):
             shape = graph.shape_after(op, shape)
         peak = max(peak, count)
     return shape, count, peak
+
+
+def _most_reads(axis: graph.Axis, n: int) -> int:
+    """The most (output, tap) pairs that read one input position along an axis of length n."""
+    reads = [0] * n
+    for o in range(axis.out_size(n)):
+        for k in range(axis.kernel):
+            p = axis.source(n, o, k)
+            if p is not None:
+                reads[p] += 1
+    return max(reads)
 
 
 # ----------------------------------------------------------------------------------- enumeration

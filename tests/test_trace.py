@@ -1,0 +1,121 @@
+"""from_module: torch.fx tracing of ReLU networks into gated models, the classic architectures, refusals."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from npk import graph
+from npk.kernels.npk import npk_gram
+from npk.models import zoo
+from npk.models.base import GATINGS
+from npk.models.trace import from_module
+from npk.theory.duality import duality
+
+
+def batch(shape, n=4, seed=0):
+    return torch.randn((n, *shape), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+class Spellings(nn.Module):
+    """Every ReLU spelling, a max pool before its ReLU, a strided conv, a functional average pool, view(N, -1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 2, stride=2), nn.Conv2d(2, 2, 1)
+        self.act, self.pool, self.fc = nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Linear(2, 1)
+        self.l1, self.l2 = nn.Linear(2, 2), nn.Linear(2, 2)
+
+    def forward(self, x):
+        x = F.relu(self.pool(self.c1(x)))          # max pool, then ReLU
+        x = self.act(self.c2(x))
+        x = torch.relu(self.c3(x)) + x
+        x = F.avg_pool2d(x, 2, 1, 1, count_include_pad=False)
+        x = F.adaptive_avg_pool2d(x, 1)
+        x = self.l1(x.view(x.size(0), -1)).relu()
+        x = self.l2(x).relu_()
+        return self.fc(x)
+
+
+def test_every_relu_spelling_traces_to_a_gate_and_the_model_is_the_same_function():
+    net = Spellings().double()
+    X = batch((1, 8, 8))
+    model = from_module(net, X)
+    kinds = [type(op).__name__ for op in model.ops]
+    assert kinds == ["Linear", "Gate", "MaxPool", "Linear", "Gate", "Residual", "AvgPool", "GlobalAvgPool",
+                     "Flatten", "Linear", "Gate", "Linear", "Gate", "Readout"]
+    assert model.n_gated == 5 and model.value_layers[0] is net.c1
+    with torch.no_grad():
+        assert torch.allclose(model(batch((1, 8, 8), 6, 1)), net(batch((1, 8, 8), 6, 1)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("gating", GATINGS)
+def test_traced_models_are_exact_against_path_enumeration(gating):
+    assert duality(from_module(Spellings().double(), batch((1, 4, 4)), gating=gating), batch((1, 4, 4), 5)).passed
+
+
+def test_batch_norm_is_folded_into_the_weight_layer_before_it():
+    net = zoo.randomize_batch_norms(nn.Sequential(nn.Conv1d(1, 3, 3, padding=1, bias=False), nn.BatchNorm1d(3),
+                                                  nn.ReLU(), nn.Flatten(), nn.Linear(12, 1))).double().eval()
+    model = from_module(net, batch((1, 4)))
+    assert len(model.value_layers) == 2 and model.value_layers[0].bias is not None
+    with torch.no_grad():
+        assert torch.allclose(model(batch((1, 4), 6, 1)), net(batch((1, 4), 6, 1)), rtol=0, atol=1e-12)
+
+
+def test_batch_norm_in_train_mode_is_refused_with_the_fix():
+    net = nn.Sequential(nn.Conv1d(1, 3, 3, padding=1), nn.BatchNorm1d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 1))
+    with pytest.raises(ValueError, match=r"node '_1' \(call_module BatchNorm1d\).*call .eval\(\)"):
+        from_module(net, torch.randn(2, 1, 4))
+
+
+@pytest.mark.parametrize("layer, name", [(nn.Tanh(), "Tanh"), (nn.Conv1d(2, 2, 3, padding=1, groups=2), "groups"),
+                                         (nn.LeakyReLU(), "LeakyReLU")])
+def test_an_unsupported_op_is_refused_with_its_node_and_name(layer, name):
+    net = nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), nn.ReLU(), layer, nn.Flatten(), nn.Linear(8, 1))
+    with pytest.raises((ValueError, TypeError), match=name):
+        from_module(net, torch.randn(2, 1, 4))
+
+
+def test_an_unsupported_function_is_refused_with_its_node_and_the_supported_list():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.fc(torch.sigmoid(x))
+
+    with pytest.raises(ValueError, match=r"node 'sigmoid' \(call_function sigmoid\): unsupported. Supported: nn.Conv"):
+        from_module(Net(), torch.randn(2, 3))
+
+
+def test_a_network_ending_in_a_relu_is_refused():
+    with pytest.raises(ValueError, match="must end with an nn.Linear readout"):
+        from_module(nn.Sequential(nn.Linear(3, 2), nn.ReLU()), torch.randn(2, 3))
+
+
+# ------------------------------------------------------------------------------ classic architectures
+@pytest.mark.parametrize("make", [zoo.vgg11_bn, zoo.resnet18], ids=["vgg11_bn", "resnet18"])
+def test_the_classic_architectures_trace_and_compute_the_same_function_on_cifar_inputs(make):
+    net = zoo.randomize_batch_norms(make().double().eval(), torch.Generator().manual_seed(0))
+    X = batch((3, 32, 32), 2)
+    model = from_module(net, X)
+    with torch.no_grad():
+        ours, theirs = model(X), net(X)
+    assert (ours - theirs).abs().max() <= 1e-10 * theirs.abs().max()
+    pools = sum(isinstance(m, nn.MaxPool2d) for m in net.modules())
+    assert (model.n_gated, model.n_pools) == ((10, 5) if make is zoo.vgg11_bn else (17, 0)) and model.n_pools == pools
+
+
+@pytest.mark.parametrize("gating", GATINGS)
+@pytest.mark.parametrize("net, shape", [
+    (zoo.vgg11_bn(cfg=[1, "M", 2, "M"], hidden=2, in_channels=2), (2, 4, 4)),
+    (zoo.resnet18(width=1, layers=(1, 1), in_channels=2), (2, 2, 2)),
+], ids=["vgg", "resnet"])
+def test_reduced_copies_of_the_classic_architectures_are_exact_against_path_enumeration(net, shape, gating):
+    net = zoo.randomize_batch_norms(net.double().eval(), torch.Generator().manual_seed(1))
+    X = batch(shape, 5)
+    model = from_module(net, X, gating=gating)
+    result = duality(model, X)
+    assert result.passed and result.details["n_path_classes"] > 500
+    assert (npk_gram(model, X).diagonal() > 0).all()
