@@ -200,8 +200,8 @@ def gate_rule(op: graph.Gate, state: Pair, ctx: GatePair) -> Pair:
     n, C, m, spatial = len(gx), gx.shape[1], len(gy), gx.shape[2:]
     P = math.prod(spatial)
     M = state.per_channel()
-    M = (M.reshape(n, M.shape[1], m, P, P) * gx.reshape(n, C, 1, P, 1)
-         * gy.reshape(m, C, P).transpose(0, 1).reshape(1, C, m, 1, P))
+    M = (M.reshape(n, M.shape[1], m, P, P) * gx.reshape(n, C, 1, P, 1)).mul_(
+        gy.reshape(m, C, P).transpose(0, 1).reshape(1, C, m, 1, P))
     if id(op) in ctx.keep:
         return Pair(M.reshape(n * C, m, *spatial, *spatial), "chan", C)
     return Pair(M.sum(1).reshape(n, m, *spatial, *spatial), "sum", 1)
