@@ -239,7 +239,7 @@ def test_op_lists_agree_with_brute_force_path_enumeration(make):
     (lambda: ResDLGN(3, 5, 2, input_size=8), "input_size is for conv=True"),
     (lambda: ResDLGN(3, [5, 6], [2]), "one entry per stage"),
     (lambda: resnet_preset(input_size=2), "too small"),
-    (lambda: resnet_preset(kind="dlgnsf"), "kind must be one of"),
+    (lambda: resnet_preset(kind="galu"), "kind must be one of"),
 ])
 def test_bad_model_arguments_raise(make, match):
     with pytest.raises(ValueError, match=match):

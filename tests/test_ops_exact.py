@@ -144,3 +144,15 @@ def test_the_checklist_test_fails_for_an_op_without_rules(monkeypatch):
     monkeypatch.setattr(graph, "OPS", graph.OPS + (Stretch,))
     with pytest.raises(AssertionError, match="Stretch"):
         test_every_op_has_a_rule_in_every_reading()
+
+
+# ------------------------------------------------------------------------------ gating as an argument
+def test_gating_is_a_constructor_argument_and_the_thin_names_fix_it():
+    from npk.models import FCNet, ResDLGNSF, ResNet
+    from npk.models.fc import DNN
+    assert FCNet(3, [4], gating="linear").gating == "linear" and FCNet(3, [4]).gating == "self"
+    with pytest.raises(ValueError, match=r"DNN is the gating='self' name of FCNet; use FCNet\(..., gating='relu'\)"):
+        DNN(3, [4], gating="relu")
+    res = randomize(ResDLGNSF(2, 2, 2, conv=True, input_size=3, spatial_dims=1, bias=True), 0)
+    assert isinstance(res, ResNet) and res.gating == "shallow"
+    assert_exact(res)

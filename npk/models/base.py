@@ -26,7 +26,9 @@ VALUE_INPUTS = ("x", "ones")
 class GatedNet(nn.Module):
     """A gated network described by an op list (see `npk.graph`).
 
-    Subclasses set `gating` (one of GATINGS) and build the op list; everything else (forward,
+    `gating` (one of GATINGS, default "self") is a constructor argument of every gated model; the
+    architecture classes (FCNet, ConvNet, ResNet) build the op list, and the names DNN, DGN, DLGN,
+    DLGNSF, ConvDNN, ..., ResDLGNSF are thin subclasses that fix `gating`. Everything else (forward,
     gates, parameter groups) is shared.
     """
 
@@ -36,6 +38,11 @@ class GatedNet(nn.Module):
                  gate: str = "hard", beta: float = 4.0, eps: float = 0.1, value_input: str = "x"):
         super().__init__()
         if gating is not None:
+            fixed = type(self).__dict__.get("gating") if type(self) is not GatedNet else None
+            if fixed is not None and fixed != gating:
+                raise ValueError(f"{type(self).__name__} is the gating={fixed!r} name of "
+                                 f"{architecture_class(type(self)).__name__}; use "
+                                 f"{architecture_class(type(self)).__name__}(..., gating={gating!r})")
             self.gating = gating
         graph.validate(ops)
         self.ops = list(ops)
@@ -81,13 +88,14 @@ class GatedNet(nn.Module):
         """A copy with the same value network (weights copied) and a new gating network of kind `gating`.
 
         The new gating layers get He normal weights (std sqrt(2 / fan_in)) and zero biases from the
-        global torch RNG; options left None keep this model's. The copy's class is this class's sibling
-        with that gating (DNN -> DGN, ConvDNN -> ConvDLGN, ...); a plain GatedNet stays a GatedNet.
+        global torch RNG; options left None keep this model's. Gating is an argument, not a class: the
+        copy is of the architecture's class (DNN -> FCNet, ConvDNN -> ConvNet, ResDNN -> ResNet, a
+        GatedNet stays one) with `gating` set on it.
         """
         if gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
         model = copy.deepcopy(self)
-        model.__class__ = _gating_class(type(self), gating)
+        model.__class__ = architecture_class(type(self))
         model.gating = gating
         model._build_gating(gate or self.gate_kind, self.beta if beta is None else beta,
                             self.eps if eps is None else eps, value_input or self.value_input)
@@ -187,6 +195,16 @@ class GatedNet(nn.Module):
 
     # ------------------------------------------------------------------------------ checks
     def check_input(self, X: torch.Tensor) -> torch.Tensor:
+        """Raise a clear error unless X is a finite (N, *input_shape) tensor."""
+        return check_input(X, self.input_shape)
+
+
+def architecture_class(cls: type) -> type:
+    """The first class in cls's MRO that does not fix `gating` itself: FCNet for DNN, GatedNet for GatedNet."""
+    return next(c for c in cls.__mro__ if "gating" not in c.__dict__ or c is GatedNet)
+
+
+def check_input(self, X: torch.Tensor) -> torch.Tensor:
         """Raise a clear error unless X is a finite (N, *input_shape) tensor."""
         return check_input(X, self.input_shape)
 
