@@ -12,7 +12,7 @@ from npk.models import regimes
 from npk.models.base import GatedNet
 from npk.models.conv import ConvDGN, ConvDNN, ConvNet
 from npk.models.convert import from_sequential
-from npk.models.fc import DGN, DLGN, DNN, FCNet
+from npk.models.fc import DGN, DNN, FCNet
 from npk.train import CHECKPOINT_FILE, train
 
 D_IN, WIDTHS, D_OUT = 8, [16, 12], 3

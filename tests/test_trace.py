@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from npk import graph
 from npk.kernels.npk import npk_gram
 from npk.models import zoo
 from npk.models.base import GATINGS

@@ -204,23 +204,6 @@ def architecture_class(cls: type) -> type:
     return next(c for c in cls.__mro__ if "gating" not in c.__dict__ or c is GatedNet)
 
 
-def check_input(self, X: torch.Tensor) -> torch.Tensor:
-        """Raise a clear error unless X is a finite (N, *input_shape) tensor."""
-        return check_input(X, self.input_shape)
-
-
-def _gating_class(cls: type, gating: str) -> type:
-    """The subclass of cls's parent whose class attribute `gating` is `gating` (cls itself if it is GatedNet)."""
-    if cls is GatedNet:
-        return cls
-    family = cls.__mro__[1]
-    found = [c for c in family.__subclasses__() if c.__dict__.get("gating") == gating]
-    if len(found) != 1:
-        raise ValueError(f"{family.__name__} has {len(found)} subclasses with gating {gating!r}, need exactly one "
-                         f"(e.g. DNN, DGN, DLGN, DLGNSF under FCNet) to turn a {cls.__name__} into one")
-    return found[0]
-
-
 def check_input(X, input_shape: tuple[int, ...], name: str = "X") -> torch.Tensor:
     """X as a tensor of shape (N, *input_shape) with finite entries, or a ValueError saying what is wrong."""
     if not isinstance(X, torch.Tensor):
