@@ -20,7 +20,8 @@ class Spellings(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.c1, self.c2, self.c3 = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 2, stride=2), nn.Conv2d(2, 2, 1)
+        self.c1, self.c2, self.c3 = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 2, stride=2), \
+            nn.Conv2d(2, 2, 2, padding="same", dilation=2, padding_mode="circular")
         self.act, self.pool, self.fc = nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Linear(2, 1)
         self.l1, self.l2 = nn.Linear(2, 2), nn.Linear(2, 2)
 
@@ -118,3 +119,16 @@ def test_reduced_copies_of_the_classic_architectures_are_exact_against_path_enum
     result = duality(model, X)
     assert result.passed and result.details["n_path_classes"] > 500
     assert (npk_gram(model, X).diagonal() > 0).all()
+
+
+@pytest.mark.parametrize("gating, gate", [("self", "hard"), ("relu", "soft")])
+def test_the_structured_ntk_of_a_traced_network_equals_the_jacobian_one(gating, gate):
+    """Strided and 'same' even-kernel convs, max pooling and projection shortcuts in the structured NTK."""
+    from npk.kernels.ntk import ntk_gram
+    net = Spellings().double()
+    X = batch((1, 8, 8), 3)
+    model = from_module(net, X, gating=gating, gate=gate)
+    for params in ("value", "all"):
+        exact = ntk_gram(model, X, params=params, implementation="jacobian")
+        structured = ntk_gram(model, X, params=params, implementation="structured")
+        assert (structured - exact).abs().max() <= 1e-10 * exact.abs().max()
