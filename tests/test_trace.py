@@ -132,3 +132,46 @@ def test_the_structured_ntk_of_a_traced_network_equals_the_jacobian_one(gating, 
         exact = ntk_gram(model, X, params=params, implementation="jacobian")
         structured = ntk_gram(model, X, params=params, implementation="structured")
         assert (structured - exact).abs().max() <= 1e-10 * exact.abs().max()
+
+
+# ------------------------------------------------------------------------------ theorem checks
+def test_the_ensemble_decomposition_holds_on_a_traced_resnet_with_biases_and_projection_shortcuts():
+    from npk.theory import structure
+    net = zoo.randomize_batch_norms(zoo.resnet18(width=2, layers=(1, 1), in_channels=1).double().eval(),
+                                    torch.Generator().manual_seed(2))
+    X = batch((1, 4, 4), 4)
+    model = from_module(net, X, gating="relu")
+    result = structure.ensemble_decomposition(model, X)
+    assert result.details["n_blocks"] == 2 and result.passed, result.details
+
+
+def test_the_ensemble_decomposition_fails_when_biases_are_counted_in_every_sub_network(monkeypatch):
+    from npk.theory import structure
+    net = zoo.randomize_batch_norms(zoo.resnet18(width=2, layers=(1, 1), in_channels=1).double().eval(),
+                                    torch.Generator().manual_seed(2))
+    X = batch((1, 4, 4), 4)
+    model = from_module(net, X)
+    monkeypatch.setattr(structure, "_bias_free", lambda op: op)
+    assert structure.ensemble_decomposition(model, X).details["decomposition_error"] > 1e-3
+
+
+def rotation_net(stride: int, pool: bool) -> nn.Module:
+    conv = lambda c_in, s: nn.Conv1d(c_in, 3, 3, stride=s, padding=1, padding_mode="circular", bias=False)
+    layers = [conv(1, 1), nn.ReLU()] + ([nn.MaxPool1d(2)] if pool else []) + [conv(3, stride), nn.ReLU(),
+                                                                              nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                                                                              nn.Linear(3, 1, bias=False)]
+    return nn.Sequential(*layers).double()
+
+
+@pytest.mark.parametrize("stride, pool", [(1, False), (2, False), (1, True)])
+def test_rotation_invariance_reports_how_far_strides_and_max_pooling_break_it(stride, pool):
+    from npk.theory.structure import rotation_invariance
+    torch.manual_seed(0)
+    X = batch((1, 8), 5)
+    result = rotation_invariance(from_module(rotation_net(stride, pool), X), X)
+    assert result.details["conv_strides"] == ([[2]] if stride == 2 else []) and result.details["n_max_pools"] == pool
+    if stride == 1 and not pool:
+        assert result.passed
+    else:   # shifts by a multiple of the stride / pool window commute; odd shifts do not
+        deviation = dict(zip(map(tuple, result.details["shifts"]), result.details["deviation"]))
+        assert deviation[(2,)] < 1e-12 and deviation[(1,)] > 1e-3 and not result.passed
