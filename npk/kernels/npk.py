@@ -145,8 +145,12 @@ def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair
     if isinstance(state, torch.Tensor):
         ctx = GatePair(ctx.gx, ctx.gy, ctx.sx, ctx.sy, graph.channel_plan(ops))
         return propagate(ops, Pair(state, "sum", 1), ctx).summed()
-    for op in ops:
-        if isinstance(op, graph.Gate):
+    for i, op in enumerate(ops):
+        if isinstance(op, graph.MaxPool) and i > 0 and isinstance(ops[i - 1], graph.Gate):
+            continue                                # read with its gate, below
+        if isinstance(op, graph.Gate) and i + 1 < len(ops) and isinstance(ops[i + 1], graph.MaxPool):
+            state = gated_select_rule(op, ops[i + 1], state, ctx)
+        elif isinstance(op, graph.Gate):
             state = gate_rule(op, state, ctx)
         elif isinstance(op, graph.MaxPool):
             state = select_rule(op, state, ctx)
@@ -194,15 +198,26 @@ def kernel_selections(model: GatedNet, X: torch.Tensor) -> list[torch.Tensor]:
 # ------------------------------------------------------------------------------------ op rules
 def gate_rule(op: graph.Gate, state: Pair, ctx: GatePair) -> Pair:
     """M_c(i, i') <- G(i, c) G'(i', c) M_c(i, i'), summed over c unless the plan keeps the channels."""
-    gx, gy = ctx.gx[op.layer], ctx.gy[op.layer]
-    if state.kind == "each" and id(op) not in ctx.keep:
+    return _gated(state, ctx.gx[op.layer], ctx.gy[op.layer], id(op) in ctx.keep)
+
+
+def gated_select_rule(gate: graph.Gate, pool: graph.MaxPool, state: Pair, ctx: GatePair) -> Pair:
+    """A gate then a max pool, in the cheaper order: select first, then gate at the selected positions,
+    M_c(o, o') <- G(sel_x(o, c), c) G'(sel_x'(o', c), c) M_c(sel_x(o, c), sel_x'(o', c))."""
+    sx, sy = ctx.sx[pool.index], ctx.sy[pool.index]
+    gx, gy = graph.select(ctx.gx[gate.layer], sx), graph.select(ctx.gy[gate.layer], sy)
+    return _gated(select_rule(pool, state, ctx), gx, gy, keep=True)
+
+
+def _gated(state: Pair, gx: torch.Tensor, gy: torch.Tensor, keep: bool) -> Pair:
+    if state.kind == "each" and not keep:
         return Pair(overlap(gx, gy).mul_(state.M), "sum", 1)
     n, C, m, spatial = len(gx), gx.shape[1], len(gy), gx.shape[2:]
     P = math.prod(spatial)
     M = state.per_channel()
     M = (M.reshape(n, M.shape[1], m, P, P) * gx.reshape(n, C, 1, P, 1)).mul_(
         gy.reshape(m, C, P).transpose(0, 1).reshape(1, C, m, 1, P))
-    if id(op) in ctx.keep:
+    if keep:
         return Pair(M.reshape(n * C, m, *spatial, *spatial), "chan", C)
     return Pair(M.sum(1).reshape(n, m, *spatial, *spatial), "sum", 1)
 
