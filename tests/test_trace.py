@@ -137,6 +137,7 @@ def test_the_structured_ntk_of_a_traced_network_equals_the_jacobian_one(gating, 
 # ------------------------------------------------------------------------------ theorem checks
 def test_the_ensemble_decomposition_holds_on_a_traced_resnet_with_biases_and_projection_shortcuts():
     from npk.theory import structure
+    torch.manual_seed(0)
     net = zoo.randomize_batch_norms(zoo.resnet18(width=2, layers=(1, 1), in_channels=1).double().eval(),
                                     torch.Generator().manual_seed(2))
     X = batch((1, 4, 4), 4)
@@ -147,12 +148,13 @@ def test_the_ensemble_decomposition_holds_on_a_traced_resnet_with_biases_and_pro
 
 def test_the_ensemble_decomposition_fails_when_biases_are_counted_in_every_sub_network(monkeypatch):
     from npk.theory import structure
+    torch.manual_seed(0)
     net = zoo.randomize_batch_norms(zoo.resnet18(width=2, layers=(1, 1), in_channels=1).double().eval(),
                                     torch.Generator().manual_seed(2))
     X = batch((1, 4, 4), 4)
     model = from_module(net, X)
     monkeypatch.setattr(structure, "_bias_free", lambda op: op)
-    assert structure.ensemble_decomposition(model, X).details["decomposition_error"] > 1e-3
+    assert structure.ensemble_decomposition(model, X).details["decomposition_error"] > 1e-6   # tolerance 1e-10
 
 
 def rotation_net(stride: int, pool: bool) -> nn.Module:
