@@ -177,3 +177,10 @@ def test_rotation_invariance_reports_how_far_strides_and_max_pooling_break_it(st
     else:   # shifts by a multiple of the stride / pool window commute; odd shifts do not
         deviation = dict(zip(map(tuple, result.details["shifts"]), result.details["deviation"]))
         assert deviation[(2,)] < 1e-12 and deviation[(1,)] > 1e-3 and not result.passed
+
+
+def test_path_length_npks_refuses_what_it_cannot_read():
+    from npk.theory.ntk_vs_npk import path_length_npks
+    X = batch((1, 4, 4), 2)
+    with pytest.raises(ValueError, match="not max pools, skip branches with ops or a ReLU after a shortcut"):
+        path_length_npks(from_module(Spellings().double(), X), X)
