@@ -156,3 +156,11 @@ def test_gating_is_a_constructor_argument_and_the_thin_names_fix_it():
     res = randomize(ResDLGNSF(2, 2, 2, conv=True, input_size=3, spatial_dims=1, bias=True), 0)
     assert isinstance(res, ResNet) and res.gating == "shallow"
     assert_exact(res)
+
+
+def test_a_block_that_starts_with_a_gate_leaves_the_shortcut_kernel_alone():
+    """s + conv(relu(s)) on a shortcut sum s: the block's gate must not overwrite the kernel the skip returns."""
+    ops = [conv(1, 1, 2), graph.Gate(0), graph.Residual([conv(1, 2, 2)]),
+           graph.Residual([graph.Gate(1), conv(1, 2, 2)]), graph.Gate(2), graph.Flatten(),
+           graph.Readout(nn.Linear(8, 1))]
+    assert_exact(model_of(ops, (1, 4), "relu"))

@@ -121,6 +121,7 @@ class Pair:
     M: torch.Tensor
     kind: str
     C: int
+    fresh: bool = False     # M is this state's own tensor (no other state reads it): rules may overwrite it
 
     def summed(self) -> torch.Tensor:
         if self.kind == "each":
@@ -155,7 +156,8 @@ def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair
         elif isinstance(op, graph.MaxPool):
             state = select_rule(op, state, ctx)
         elif isinstance(op, graph.Residual):
-            state = _add(propagate(op.skip, state, ctx), propagate(op.block, state, ctx))
+            shared = Pair(state.M, state.kind, state.C)     # both branches read it: not fresh
+            state = _add(propagate(op.skip, shared, ctx), propagate(op.block, shared, ctx))
         elif isinstance(op, graph.Linear):
             state = Pair(pair_rule(op, state.summed(), ctx), "each", op.module.weight.shape[0])
         elif isinstance(op, (graph.Flatten, graph.Readout)):
@@ -168,11 +170,11 @@ def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair
 def _add(a: Pair, b: Pair) -> Pair:
     """Residual: skip(M) + block(M) (the paths of the two branches are disjoint classes)."""
     if a.kind == b.kind and a.C == b.C:
-        return Pair(a.M + b.M, a.kind, a.C)
+        return Pair(a.M + b.M, a.kind, a.C, fresh=True)
     if "sum" in (a.kind, b.kind):
         return Pair(a.summed() + b.summed(), "sum", 1)
     C = max(a.C, b.C)
-    return Pair((a.per_channel() + b.per_channel()).flatten(0, 1), "chan", C)
+    return Pair((a.per_channel() + b.per_channel()).flatten(0, 1), "chan", C, fresh=True)
 
 
 def overlap(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -214,9 +216,9 @@ def _gated(state: Pair, gx: torch.Tensor, gy: torch.Tensor, keep: bool) -> Pair:
         return Pair(overlap(gx, gy).mul_(state.M), "sum", 1)
     n, C, m, spatial = len(gx), gx.shape[1], len(gy), gx.shape[2:]
     P = math.prod(spatial)
-    M = state.per_channel()
-    M = (M.reshape(n, M.shape[1], m, P, P) * gx.reshape(n, C, 1, P, 1)).mul_(
-        gy.reshape(m, C, P).transpose(0, 1).reshape(1, C, m, 1, P))
+    M = state.per_channel().reshape(n, -1, m, P, P)
+    M = M.mul_(gx.reshape(n, C, 1, P, 1)) if state.fresh and state.kind == "chan" else M * gx.reshape(n, C, 1, P, 1)
+    M.mul_(gy.reshape(m, C, P).transpose(0, 1).reshape(1, C, m, 1, P))
     if keep:
         return Pair(M.reshape(n * C, m, *spatial, *spatial), "chan", C)
     return Pair(M.sum(1).reshape(n, m, *spatial, *spatial), "sum", 1)
