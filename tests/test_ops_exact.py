@@ -61,6 +61,16 @@ def test_max_pooling_as_a_selection_gate_is_exact(gating):
     assert_exact(model_of(ops, (2, 6, 6), gating))
 
 
+@pytest.mark.parametrize("pool", [graph.MaxPool(3, 2, 1), graph.MaxPool(2, 1, 0, dilation=2),
+                                  graph.MaxPool(2, 3, 0, ceil_mode=True), graph.MaxPool(3, 1, 1)])
+@pytest.mark.parametrize("gating", ["self", "relu"])
+def test_max_pooling_with_any_window_geometry_is_exact(pool, gating):
+    ops = [conv(1, 2, 2), graph.Gate(0), pool, graph.Flatten(), graph.Readout(nn.Linear(1, 2))]
+    size = graph.shape_after(pool, (2, 7))
+    ops[-1] = graph.Readout(nn.Linear(size[0] * size[1], 2))
+    assert_exact(model_of(ops, (2, 7), gating))
+
+
 def test_a_dnn_with_max_pooling_equals_torch_max_pooling():
     seq = nn.Sequential(nn.Conv1d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(9, 1))
     ops = [graph.Linear(seq[0]), graph.Gate(0), graph.MaxPool(2), graph.Flatten(), graph.Readout(seq[4])]
