@@ -62,6 +62,14 @@ def test_batch_norm_is_folded_into_the_weight_layer_before_it():
         assert torch.allclose(model(batch((1, 4), 6, 1)), net(batch((1, 4), 6, 1)), rtol=0, atol=1e-12)
 
 
+def test_dropout_and_identity_in_eval_mode_are_no_ops_and_dropout_in_train_mode_is_refused():
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Dropout(0.5), nn.Identity(), nn.Linear(4, 1)).double()
+    with pytest.raises(ValueError, match=r"dropout in train mode: call .eval\(\)"):
+        from_module(net, batch((3,)))
+    model = from_module(net.eval(), batch((3,)))
+    assert [type(op).__name__ for op in model.ops] == ["Linear", "Gate", "Readout"]
+
+
 def test_batch_norm_in_train_mode_is_refused_with_the_fix():
     net = nn.Sequential(nn.Conv1d(1, 3, 3, padding=1), nn.BatchNorm1d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 1))
     with pytest.raises(ValueError, match=r"node '_1' \(call_module BatchNorm1d\).*call .eval\(\)"):
