@@ -18,15 +18,16 @@ def batch(shape, n=4, seed=0):
 class Spellings(nn.Module):
     """Every ReLU spelling, a max pool before its ReLU, a strided conv, a functional average pool, view(N, -1)."""
 
-    def __init__(self):
+    def __init__(self, functional_pool: bool = False):
         super().__init__()
+        self.functional_pool = functional_pool           # else: max pool, then ReLU
         self.c1, self.c2, self.c3 = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 2, stride=2), \
             nn.Conv2d(2, 2, 2, padding="same", dilation=2, padding_mode="circular")
         self.act, self.pool, self.fc = nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Linear(2, 1)
         self.l1, self.l2 = nn.Linear(2, 2), nn.Linear(2, 2)
 
     def forward(self, x):
-        x = F.relu(self.pool(self.c1(x)))          # max pool, then ReLU
+        x = F.max_pool2d(F.relu(self.c1(x)), 2) if self.functional_pool else F.relu(self.pool(self.c1(x)))
         x = self.act(self.c2(x))
         x = torch.relu(self.c3(x)) + x
         x = F.avg_pool2d(x, 2, 1, 1, count_include_pad=False)
@@ -36,8 +37,9 @@ class Spellings(nn.Module):
         return self.fc(x)
 
 
-def test_every_relu_spelling_traces_to_a_gate_and_the_model_is_the_same_function():
-    net = Spellings().double()
+@pytest.mark.parametrize("functional_pool", [False, True])
+def test_every_relu_spelling_traces_to_a_gate_and_the_model_is_the_same_function(functional_pool):
+    net = Spellings(functional_pool).double()
     X = batch((1, 8, 8))
     model = from_module(net, X)
     kinds = [type(op).__name__ for op in model.ops]

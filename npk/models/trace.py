@@ -6,7 +6,7 @@
 Supported (everything else is refused with the node, its op and this list):
     nn.Conv1d / nn.Conv2d (any stride, dilation, padding int / tuple / 'same' / 'valid', zeros or circular;
     groups 1), nn.Linear; ReLU as nn.ReLU, F.relu, torch.relu, .relu(), inplace or not; nn.MaxPool1d/2d
-    (a selection gate; max pool then ReLU is read as ReLU then max pool, the same function);
+    and F.max_pool1d/2d (a selection gate; max pool then ReLU is read as ReLU then max pool, the same function);
     nn.AvgPool1d/2d and F.avg_pool1d/2d (ceil_mode off, no divisor_override); nn.AdaptiveAvgPool1d/2d and
     F.adaptive_avg_pool1d/2d to size 1; nn.BatchNorm1d/2d in eval mode, folded into the weight layer
     before it; nn.Dropout / F.dropout in eval mode and nn.Identity (no-ops); nn.Flatten, torch.flatten,
@@ -29,7 +29,7 @@ from torch import fx, nn
 from .. import graph
 from .base import GATINGS, GatedNet
 
-SUPPORTED = ("nn.Conv1d/2d, nn.Linear, ReLU (nn.ReLU, F.relu, torch.relu, .relu(), inplace), nn.MaxPool1d/2d, "
+SUPPORTED = ("nn.Conv1d/2d, nn.Linear, ReLU (nn.ReLU, F.relu, torch.relu, .relu(), inplace), nn.MaxPool1d/2d / F.max_pool*, "
              "nn.AvgPool1d/2d / F.avg_pool1d/2d, nn.AdaptiveAvgPool1d/2d(1) / F.adaptive_avg_pool1d/2d(x, 1), "
              "nn.BatchNorm1d/2d (eval, after a weight layer), nn.Dropout (eval), nn.Identity, nn.Flatten / "
              "torch.flatten(x, 1) / .view(N, -1) / .reshape(N, -1), residual additions (+, torch.add)")
@@ -173,6 +173,14 @@ class _Reader:
             pool = self._avg_pool(node, given["kernel_size"], given.get("stride") or None, given.get("padding", 0),
                                   given.get("ceil_mode", False), given.get("count_include_pad", True),
                                   given.get("divisor_override"))
+            return self._stream(node, args[0]) + (pool,)
+        if f in (F.max_pool1d, F.max_pool2d):
+            names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+            given = dict(zip(names, args[1:]), **kwargs)
+            if given.get("return_indices"):
+                self._refuse(node, "return_indices=True")
+            pool = graph.MaxPool(given["kernel_size"], given.get("stride") or None, given.get("padding", 0),
+                                 given.get("dilation", 1), given.get("ceil_mode", False))
             return self._stream(node, args[0]) + (pool,)
         if f in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
             return self._stream(node, args[0]) + (self._global_pool(node, args[1] if len(args) > 1
