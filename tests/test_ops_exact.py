@@ -1,5 +1,8 @@
 """The new op rules (strided / dilated / padded convs, average and max pooling, residual skip branches)
 against brute-force path enumeration, float64 to 1e-10, for every gating kind; and the op checklist."""
+import importlib
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -145,6 +148,12 @@ def test_every_op_has_a_rule_in_every_reading():
     missing_ref = [op for op in graph.OPS if op not in reference._step.registry and op is not graph.Readout]
     assert not missing_npk and not missing_ref, (missing_npk, missing_ref)
     assert all(hasattr(op, "forward") or op in (graph.Gate, graph.Residual) for op in graph.OPS)
+    for op, readings in graph.RULES.items():      # every "module: function" entry names a real function
+        for reading, where in readings.items():
+            if ":" in where and not where.startswith(("error", "no weights")):
+                module, name = where.split(": ")
+                name = re.match(r"\w+", name).group()
+                assert hasattr(importlib.import_module(f"npk.{module}"), name), (op.__name__, reading, where)
 
 
 def test_the_checklist_test_fails_for_an_op_without_rules(monkeypatch):
