@@ -148,13 +148,11 @@ def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair
         return propagate(ops, Pair(state, "sum", 1), ctx).summed()
     for i, op in enumerate(ops):
         if isinstance(op, graph.MaxPool) and i > 0 and isinstance(ops[i - 1], graph.Gate):
-            continue                                # read with its gate, below
+            continue                                # read with its gate (`graph.validate`: always after one)
         if isinstance(op, graph.Gate) and i + 1 < len(ops) and isinstance(ops[i + 1], graph.MaxPool):
             state = gated_select_rule(op, ops[i + 1], state, ctx)
         elif isinstance(op, graph.Gate):
             state = gate_rule(op, state, ctx)
-        elif isinstance(op, graph.MaxPool):
-            state = select_rule(op, state, ctx)
         elif isinstance(op, graph.Residual):
             shared = Pair(state.M, state.kind, state.C)     # both branches read it: not fresh
             state = _add(propagate(op.skip, shared, ctx), propagate(op.block, shared, ctx))
