@@ -194,3 +194,12 @@ def test_path_length_npks_refuses_what_it_cannot_read():
     X = batch((1, 4, 4), 2)
     with pytest.raises(ValueError, match="not max pools, skip branches with ops or a ReLU after a shortcut"):
         path_length_npks(from_module(Spellings().double(), X), X)
+
+
+def test_gates_of_a_traced_resnet_with_projection_shortcuts_can_be_shuffled():
+    from npk.models.regimes import shuffled_gates
+    torch.manual_seed(0)
+    net = zoo.resnet18(width=2, layers=(1, 1), in_channels=1).double().eval()
+    model = shuffled_gates(from_module(net, batch((1, 4, 4))))
+    assert [len(p) for p in model.gate_permutations] == [2, 2, 2, 4, 4]
+    assert torch.isfinite(npk_gram(model, batch((1, 4, 4)))).all()
