@@ -203,3 +203,11 @@ def test_gates_of_a_traced_resnet_with_projection_shortcuts_can_be_shuffled():
     model = shuffled_gates(from_module(net, batch((1, 4, 4))))
     assert [len(p) for p in model.gate_permutations] == [2, 2, 2, 4, 4]
     assert torch.isfinite(npk_gram(model, batch((1, 4, 4)))).all()
+
+
+def test_an_npk_beyond_float32s_range_says_to_use_float64():
+    torch.manual_seed(0)
+    model = from_module(zoo.vgg11_bn(cfg=[256] * 16 + ["M"], hidden=4, in_channels=1).eval(),
+                        torch.randn(2, 1, 2, 2))
+    with pytest.raises(OverflowError, match=r"overflowed torch.float32.*float64"):
+        npk_gram(model, torch.randn(2, 1, 2, 2))

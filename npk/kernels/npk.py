@@ -90,7 +90,12 @@ def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[
     else:
         M = overlap(X, Y)
     ctx = GatePair(gx, gy, kernel_selections(model, X), kernel_selections(model, Y), graph.channel_plan(model.ops))
-    return propagate(model.ops, Pair(M, "sum", X.shape[1]), ctx).summed()
+    H = propagate(model.ops, Pair(M, "sum", X.shape[1]), ctx).summed()
+    if not torch.isfinite(H).all():
+        raise OverflowError(f"the NPK overflowed {H.dtype}: it sums every path, about prod over layers of "
+                            f"(kernel taps x channels / 2), beyond the dtype's range for deep wide nets; "
+                            f"compute it in float64 (model.double(), X.double())")
+    return H
 
 
 @dataclass
