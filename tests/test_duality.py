@@ -1,4 +1,5 @@
 """The duality check: passes on tiny nets (1e-10 in float64), fails on wrong gates or a broken NPK rule."""
+import dataclasses
 import json
 
 import pytest
@@ -65,8 +66,9 @@ def test_fails_when_an_npk_rule_is_wrong(monkeypatch):
     """Treating zero padding as circular in the conv rule must be caught by the Gram half of the check."""
     model = tiny_conv("zeros")
     assert duality(model, data((2, 5))).passed
-    shift_sum = npk_module.shift_sum
-    monkeypatch.setattr(npk_module, "shift_sum", lambda M, kernel_size, circular: shift_sum(M, kernel_size, True))
+    conv_sum = npk_module.conv_sum
+    monkeypatch.setattr(npk_module, "conv_sum",
+                        lambda M, axes: conv_sum(M, [dataclasses.replace(a, circular=True) for a in axes]))
     result = duality(model, data((2, 5)))
     assert not result.passed
     assert result.details["gram_error"] > 0.01 and result.details["output_error"] < 1e-10

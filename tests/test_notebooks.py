@@ -22,7 +22,8 @@ kernelspec = pytest.importorskip("ipykernel.kernelspec", reason="needs the dev e
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ("01_dual_view.ipynb", "02_conv_pooling_skips.ipynb", "03_kernels_vs_network.ipynb")
+NAMES = ("01_dual_view.ipynb", "02_conv_pooling_skips.ipynb", "03_kernels_vs_network.ipynb",
+         "04_your_own_model.ipynb")
 CELL_TIMEOUT = 300  # seconds per cell; the slowest cell takes a few seconds on an idle 2-core machine
 
 
@@ -116,3 +117,14 @@ def test_kernels_vs_network(execute):
         assert r["alignment"][f"{name} NPK learnt"] > r["alignment"][f"{name} NPK init"]
     ntk = r["ntk_vs_npk"]
     assert ntk["passed"] and abs(ntk["ratio_mean"] - 1) < 0.1 and abs(ntk["slope"] + 0.5) <= 0.15
+
+
+def test_your_own_model(execute):
+    nb = execute("04_your_own_model.ipynb")
+    check_ran(nb, n_figures=1)
+    r = results(nb)
+    assert r["CNN network"] > 0.9 and r["DLGN twin network"] > 0.8
+    assert r["traced_max_error"] < 1e-4                 # the traced CNN is the CNN (float32)
+    assert r["twin_linearity_error"] < 1e-4             # the twin's gating network stays affine in x
+    assert min(r["KRR"].values()) > 0.8
+    assert all(0 < a < 1 for a in r["alignment"].values())

@@ -10,9 +10,9 @@ from torch import nn
 from npk.kernels.npk import npk_gram
 from npk.models import regimes
 from npk.models.base import GatedNet
-from npk.models.conv import ConvDGN, ConvDNN
+from npk.models.conv import ConvDGN, ConvDNN, ConvNet
 from npk.models.convert import from_sequential
-from npk.models.fc import DGN, DLGN, DNN
+from npk.models.fc import DGN, DNN, FCNet
 from npk.train import CHECKPOINT_FILE, train
 
 D_IN, WIDTHS, D_OUT = 8, [16, 12], 3
@@ -54,17 +54,18 @@ def gates(model, X):
 
 
 # ------------------------------------------------------------------------------- with_gating
-def test_with_gating_keeps_the_value_network_and_picks_the_sibling_class():
+def test_with_gating_keeps_the_value_network_and_sets_gating_on_the_architecture_class():
     dnn = template()
     before = params(dnn)
     dgn = dnn.with_gating("relu")
-    assert type(dgn) is DGN and dgn.gating == "relu" and dgn.gate_kind == "hard"
+    assert type(dgn) is FCNet and dgn.gating == "relu" and dgn.gate_kind == "hard"
     assert equal(params(dgn.value_layers), params(dnn.value_layers))
     assert [m.weight.shape for m in dgn.gating_layers] == [m.weight.shape for m in dnn.value_layers[:-1]]
     assert equal(params(dnn), before)  # the source is untouched
     dlgn = dgn.with_gating("linear", gate="soft", value_input="ones")
-    assert type(dlgn) is DLGN and dlgn.gate_kind == "soft" and dlgn.value_input == "ones"
-    assert type(ConvDNN(1, [4], input_size=6, d_out=3).with_gating("relu")) is ConvDGN
+    assert type(dlgn) is FCNet and dlgn.gating == "linear" and dlgn.gate_kind == "soft" and dlgn.value_input == "ones"
+    conv = ConvDNN(1, [4], input_size=6, d_out=3).with_gating("relu")
+    assert type(conv) is ConvNet and conv.gating == "relu"
     # a plain GatedNet (from nn.Sequential) stays a GatedNet, now gated by a separate network
     seq = nn.Sequential(nn.Linear(D_IN, 5), nn.ReLU(), nn.Linear(5, 2))
     plain = from_sequential(seq, (D_IN,)).with_gating("relu")
@@ -89,16 +90,17 @@ def test_dnn_as_dgn_computes_the_same_function(data):
 # ------------------------------------------------------------------------------- the regimes
 def test_make_regime_builds_each_regime(trained_dnn):
     t = template()
-    expected = {"ReLU": (DNN, "hard", False), "DLNPF": (DGN, "soft", True),
-                "FRNPF-II": (DGN, "hard", False), "FRNPF-DI": (DGN, "hard", False), "FLNPF": (DGN, "hard", False)}
+    expected = {"ReLU": ("self", "hard", False), "DLNPF": ("relu", "soft", True),
+                "FRNPF-II": ("relu", "hard", False), "FRNPF-DI": ("relu", "hard", False),
+                "FLNPF": ("relu", "hard", False)}
     assert set(regimes.REGIMES) == set(expected)
-    for name, (cls, kind, gating_trains) in expected.items():
+    for name, (gating, kind, gating_trains) in expected.items():
         m = regimes.make_regime(name, t, trained_dnn=trained_dnn)
-        assert type(m) is cls and m.gate_kind == kind, name
+        assert isinstance(m, FCNet) and m.gating == gating and m.gate_kind == kind, name
         # every regime starts from the template's value weights
         assert equal(params(m.value_layers), params(t.value_layers)), name
         assert all(p.requires_grad for p in m.value_parameters()), name
-        if cls is DGN:
+        if gating == "relu":
             assert all(p.requires_grad == gating_trains for p in m.gating_layers.parameters()), name
     dl = regimes.make_regime("DLNPF", t)
     assert (dl.beta, dl.eps) == (4.0, 0.1)
@@ -183,7 +185,7 @@ def test_shuffled_gates_permute_units_identically_for_every_input():
 def test_shuffled_gates_are_seeded_and_take_dnns_and_conv_nets():
     dnn = template()
     a, b, c = (regimes.shuffled_gates(dnn, seed=s) for s in (2, 2, 3))
-    assert type(a) is DGN
+    assert type(a) is FCNet and a.gating == "relu"
     assert all(torch.equal(p, q) for p, q in zip(a.gate_permutations, b.gate_permutations))
     assert not all(torch.equal(p, q) for p, q in zip(a.gate_permutations, c.gate_permutations))
     X = torch.randn(10, D_IN)
@@ -202,7 +204,7 @@ def test_bad_input(trained_dnn):
         regimes.make_regime("GaLU", t)
     with pytest.raises(ValueError, match="FLNPF copies the gates of a trained ReLU network: pass trained_dnn="):
         regimes.make_regime("FLNPF", t)
-    with pytest.raises(ValueError, match="need a ReLU network .* got a DGN"):
+    with pytest.raises(ValueError, match="need a ReLU network .* got a FCNet with gating 'relu'"):
         regimes.fixed_learnt_gates(regimes.decoupled(t))
     with pytest.raises(ValueError, match="'soft' gates"):
         regimes.fixed_learnt_gates(template(gate="soft"))

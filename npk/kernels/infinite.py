@@ -14,7 +14,7 @@ per-unit second moments K(i, i') = lim (1/C) sum_c h(i, c) h'(i', c), for the pa
 and (x', x') (weights N(0, 2 / fan_in) as `npk.models.init.he_init`, zero biases):
 
     Linear dense      q-covariance S = 2 K
-    Linear conv       S(i, i') = (2 / |kernel|) sum_o K(i + o, i' + o)   (zero or wrap-around outside)
+    Linear conv       S(o, o') = (2 / |kernel|) sum_k K(s o + d k - p, s o' + d k - p)   (the NPK's tap sum)
     Gate              ReLU gating (DNN, DGN): K <- E[relu relu] under S; linear gating (DLGN): K <- S;
                       shallow gating (DLGN-SF): K stays the input's
     AvgPool / GlobalAvgPool   means over windows on both sides (as the NPK rule)
@@ -46,7 +46,7 @@ import torch
 from .. import graph
 from ..models.base import GatedNet, check_input
 from .gram import TileKernel, blocked_gram
-from .npk import DEFAULT_MEMORY_BUDGET, block_size, overlap, pair_rule, shift_sum
+from .npk import DEFAULT_MEMORY_BUDGET, block_size, conv_sum, overlap, pair_rule
 
 KINDS = ("ntk", "nngp")
 
@@ -151,9 +151,9 @@ def expected_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None
     The result is the product of the expected overlaps (module docstring), the infinite-width limit of
     H / prod_l C_l times prod_l C_l. Hard gates only (soft gates have no closed form); supported ops:
     Linear, Gate, AvgPool, GlobalAvgPool, Flatten, Readout (a Residual's expected gates would depend on
-    the block-output scaling of its initialisation). Tiles of samples keep the pair kernels under
-    `memory_budget` bytes; filled by `npk.kernels.gram.blocked_gram` (only the upper tiles when Y is
-    None; `max_memory` and `progress` as in `npk_gram`).
+    the block-output scaling of its initialisation; a MaxPool's selection has no closed form). Tiles of
+    samples keep the pair kernels under `memory_budget` bytes; filled by `npk.kernels.gram.blocked_gram`
+    (only the upper tiles when Y is None; `max_memory` and `progress` as in `npk_gram`).
     """
     if not isinstance(model, GatedNet):
         raise TypeError(f"expected_npk needs an npk gated model (npk.models.*), got {type(model).__name__}")
@@ -162,6 +162,9 @@ def expected_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None
     if any(isinstance(op, graph.Residual) for op in graph.walk(model.ops)):
         raise ValueError("expected_npk supports Linear, Gate, AvgPool, GlobalAvgPool, Flatten and Readout ops, "
                          "not Residual: use a model without skips")
+    if model.n_pools:
+        raise ValueError("expected_npk has no closed form for max pooling (the selected position is the "
+                         "argmax of correlated Gaussians per window); use npk_gram on sampled models")
     X = check_input(X, model.input_shape, "X")
     Y = X if Y is None else check_input(Y, model.input_shape, "Y")
     if Y.dtype != X.dtype or Y.device != X.device:
@@ -244,8 +247,7 @@ def _linear_moments(op: graph.Linear, K: torch.Tensor) -> torch.Tensor:
     """Pre-activation covariance of a He-initialised weight layer from its input's per-unit moments."""
     if not op.is_conv:
         return 2 * K
-    kernel = op.module.kernel_size
-    return (2 / math.prod(kernel)) * shift_sum(K, kernel, op.circular)
+    return (2 / math.prod(op.module.kernel_size)) * conv_sum(K, op.axes)
 
 
 def _shape_moments(op, K: torch.Tensor) -> torch.Tensor:

@@ -6,13 +6,18 @@ M(i, i') = sum over partial path classes s ending at positions i, i' of phi_x(s,
 
     input            M(i, i') = sum_c x(i, c) x'(i', c)          (all-ones input: the channel count)
     Linear dense     M <- M (+ 1 with a bias: the bias is a path starting at a constant-1 node)
-    Linear conv      M(i, i') <- sum_o M(i + o, i' + o) (+ 1)     o over kernel offsets; zero or wrap-around
+    Linear conv      M(o, o') <- sum_k M(s o + d k - p, s o' + d k - p) (+ 1)   k over the kernel taps,
+                     s the stride, d the dilation, p the left pad; outside the image: zero or wrap-around
     Gate(l)          M <- ov_l * M,  ov_l(i, i') = sum_c G_l(x)(i, c) G_l(x')(i', c)
-    AvgPool(k)       M <- A M A'^T  (mean over k x k windows on both sides)
+    MaxPool          M_c(o, o') <- M_c(sel_x(o, c), sel_x'(o', c))   (each window passes its selected input)
+    AvgPool          M <- A M A^T  on every spatial axis, both sides (A the window-averaging matrix)
     GlobalAvgPool    M <- mean over all (i, i')
     Flatten          M <- sum_i M(i, i)  (a dense layer after it has position-specific weights)
-    Residual(block)  M <- M + block(M)   (paths that skip and paths through the block are disjoint)
+    Residual         M <- skip(M) + block(M)   (paths through the two branches are disjoint classes)
     Readout          H = M (+ 1)
+A gate whose stream reaches another gate or a max pool without a weight layer in between (an identity
+shortcut into a ReLU, a ReLU into a max pool) keeps one kernel per channel, M_c, instead of the sum
+(`Pair`, `npk.graph.channel_plan`).
 The fully connected case is H = (X X^T) * prod_l (G_l G_l^T) (elementwise), with +1 terms for biases.
 """
 from __future__ import annotations
@@ -142,21 +147,95 @@ def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[
         M = torch.full((len(X), len(Y), *spatial, *spatial), float(X.shape[1]), dtype=X.dtype, device=X.device)
     else:
         M = overlap(X, Y)
-    return propagate(model.ops, M, GatePair(gx, gy))
+    ctx = GatePair(gx, gy, kernel_selections(model, X), kernel_selections(model, Y), graph.channel_plan(model.ops))
+    H = propagate(model.ops, Pair(M, "sum", X.shape[1]), ctx).summed()
+    if not torch.isfinite(H).all():
+        raise OverflowError(f"the NPK overflowed {H.dtype}: it sums every path, about prod over layers of "
+                            f"(kernel taps x channels / 2), beyond the dtype's range for deep wide nets; "
+                            f"compute it in float64 (model.double(), X.double())")
+    return H
 
 
 @dataclass
 class GatePair:
-    """The gates of the two sides of a block (one tensor per gated layer each), as the op rules read them."""
+    """The gates of the two sides of a block (one tensor per gated layer each), as the op rules read them.
+
+    sx, sy: the max-pool selections of each side; keep: the ids of the gates whose output keeps one
+    kernel per channel (`npk.graph.channel_plan`).
+    """
 
     gx: Sequence[torch.Tensor]
     gy: Sequence[torch.Tensor]
+    sx: Sequence[torch.Tensor] = ()
+    sy: Sequence[torch.Tensor] = ()
+    keep: frozenset | set = frozenset()
 
 
-def propagate(ops: Sequence[graph.Op], M: torch.Tensor, ctx: GatePair) -> torch.Tensor:
-    for op in ops:
-        M = pair_rule(op, M, ctx)
-    return M
+@dataclass
+class Pair:
+    """The pair kernel and how it reads the stream's channels (`npk.graph.channel_plan`).
+
+    "sum":  M (n, m, *S, *S) is summed over the last unit's channel (after a gate; the input)
+    "each": M is the kernel of every one of the C channels (after a weight layer; the sum is C M)
+    "chan": M (n * C, m, *S, *S) holds one kernel per channel, sample-major
+    Spatial rules act on M's axes from 2 on, so they read all three the same way.
+    """
+
+    M: torch.Tensor
+    kind: str
+    C: int
+    fresh: bool = False     # M is this state's own tensor (no other state reads it): rules may overwrite it
+
+    def summed(self) -> torch.Tensor:
+        if self.kind == "each":
+            return self.M * self.C
+        if self.kind == "chan":
+            return self.M.reshape(-1, self.C, *self.M.shape[1:]).sum(1)
+        return self.M
+
+    def per_channel(self) -> torch.Tensor:
+        """(n, C or 1, m, *S, *S): the channel kernels (a broadcast axis of 1 for "each")."""
+        if self.kind == "sum":
+            raise ValueError("the NPK summed this stream's channels already (npk.graph.channel_plan should "
+                             "have kept them)")
+        return self.M.reshape(-1, self.C if self.kind == "chan" else 1, *self.M.shape[1:])
+
+
+def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair) -> Pair | torch.Tensor:
+    """Carry the pair kernel through `ops`: the channel-aware ops here, the rest by `pair_rule`.
+
+    Given a tensor (a summed input kernel), returns the summed tensor, planning the channels itself.
+    """
+    if isinstance(state, torch.Tensor):
+        ctx = GatePair(ctx.gx, ctx.gy, ctx.sx, ctx.sy, graph.channel_plan(ops))
+        return propagate(ops, Pair(state, "sum", 1), ctx).summed()
+    for i, op in enumerate(ops):
+        if isinstance(op, graph.MaxPool) and i > 0 and isinstance(ops[i - 1], graph.Gate):
+            continue                                # read with its gate (`graph.validate`: always after one)
+        if isinstance(op, graph.Gate) and i + 1 < len(ops) and isinstance(ops[i + 1], graph.MaxPool):
+            state = gated_select_rule(op, ops[i + 1], state, ctx)
+        elif isinstance(op, graph.Gate):
+            state = gate_rule(op, state, ctx)
+        elif isinstance(op, graph.Residual):
+            shared = Pair(state.M, state.kind, state.C)     # both branches read it: not fresh
+            state = _add(propagate(op.skip, shared, ctx), propagate(op.block, shared, ctx))
+        elif isinstance(op, graph.Linear):
+            state = Pair(pair_rule(op, state.summed(), ctx), "each", op.module.weight.shape[0])
+        elif isinstance(op, (graph.Flatten, graph.Readout)):
+            state = Pair(pair_rule(op, state.summed(), ctx), "sum", 1)
+        else:
+            state = Pair(pair_rule(op, state.M, ctx), state.kind, state.C)
+    return state
+
+
+def _add(a: Pair, b: Pair) -> Pair:
+    """Residual: skip(M) + block(M) (the paths of the two branches are disjoint classes)."""
+    if a.kind == b.kind and a.C == b.C:
+        return Pair(a.M + b.M, a.kind, a.C, fresh=True)
+    if "sum" in (a.kind, b.kind):
+        return Pair(a.summed() + b.summed(), "sum", 1)
+    C = max(a.C, b.C)
+    return Pair((a.per_channel() + b.per_channel()).flatten(0, 1), "chan", C, fresh=True)
 
 
 def overlap(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -170,7 +249,54 @@ def overlap(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return (a @ b.T).reshape(n, P, m, P).transpose(1, 2).reshape(n, m, *spatial, *spatial)
 
 
+def kernel_selections(model: GatedNet, X: torch.Tensor) -> list[torch.Tensor]:
+    """The model's max-pool selections on X (none without max pools)."""
+    if not model.n_pools:
+        return []
+    param = next(model.parameters())
+    with torch.no_grad():
+        return model.selections(X.to(param.dtype))
+
+
 # ------------------------------------------------------------------------------------ op rules
+def gate_rule(op: graph.Gate, state: Pair, ctx: GatePair) -> Pair:
+    """M_c(i, i') <- G(i, c) G'(i', c) M_c(i, i'), summed over c unless the plan keeps the channels."""
+    return _gated(state, ctx.gx[op.layer], ctx.gy[op.layer], id(op) in ctx.keep)
+
+
+def gated_select_rule(gate: graph.Gate, pool: graph.MaxPool, state: Pair, ctx: GatePair) -> Pair:
+    """A gate then a max pool, in the cheaper order: select first, then gate at the selected positions,
+    M_c(o, o') <- G(sel_x(o, c), c) G'(sel_x'(o', c), c) M_c(sel_x(o, c), sel_x'(o', c))."""
+    sx, sy = ctx.sx[pool.index], ctx.sy[pool.index]
+    gx, gy = graph.select(ctx.gx[gate.layer], sx), graph.select(ctx.gy[gate.layer], sy)
+    return _gated(select_rule(pool, state, ctx), gx, gy, keep=True)
+
+
+def _gated(state: Pair, gx: torch.Tensor, gy: torch.Tensor, keep: bool) -> Pair:
+    if state.kind == "each" and not keep:
+        return Pair(overlap(gx, gy).mul_(state.M), "sum", 1)
+    n, C, m, spatial = len(gx), gx.shape[1], len(gy), gx.shape[2:]
+    P = math.prod(spatial)
+    M = state.per_channel().reshape(n, -1, m, P, P)
+    M = M.mul_(gx.reshape(n, C, 1, P, 1)) if state.fresh and state.kind == "chan" else M * gx.reshape(n, C, 1, P, 1)
+    M.mul_(gy.reshape(m, C, P).transpose(0, 1).reshape(1, C, m, 1, P))
+    if keep:
+        return Pair(M.reshape(n * C, m, *spatial, *spatial), "chan", C)
+    return Pair(M.sum(1).reshape(n, m, *spatial, *spatial), "sum", 1)
+
+
+def select_rule(op: graph.MaxPool, state: Pair, ctx: GatePair) -> Pair:
+    """M_c(o, o') <- M_c(sel_x(o, c), sel_x'(o', c)): each window passes its selected position."""
+    sx, sy = ctx.sx[op.index], ctx.sy[op.index]
+    n, C, m, out = len(sx), sx.shape[1], len(sy), sx.shape[2:]
+    M = state.per_channel()
+    P, Q = math.prod(M.shape[3:3 + len(out)]), math.prod(out)
+    M = M.reshape(n, M.shape[1], m, P, P).expand(n, C, m, P, P)
+    M = M.gather(3, sx.reshape(n, C, 1, Q, 1).expand(n, C, m, Q, P))
+    M = M.gather(4, sy.reshape(m, C, Q).permute(1, 0, 2).reshape(1, C, m, 1, Q).expand(n, C, m, Q, Q))
+    return Pair(M.reshape(n * C, m, *out, *out), "chan", C)
+
+
 @singledispatch
 def pair_rule(op, M: torch.Tensor, ctx: GatePair) -> torch.Tensor:
     raise TypeError(f"the NPK has no rule for op {op!r}; supported ops: {graph.SUPPORTED_OPS}")
@@ -179,7 +305,7 @@ def pair_rule(op, M: torch.Tensor, ctx: GatePair) -> torch.Tensor:
 @pair_rule.register
 def _(op: graph.Linear, M, ctx):
     if op.is_conv:
-        M = shift_sum(M, op.module.kernel_size, op.circular)
+        M = conv_sum(M, op.axes)
     return M + 1 if op.has_bias else M
 
 
@@ -190,11 +316,17 @@ def _(op: graph.Gate, M, ctx):
 
 @pair_rule.register
 def _(op: graph.AvgPool, M, ctx):
-    k, d = op.kernel_size, spatial_dims(M)
-    for axis in range(2, 2 + 2 * d):
-        size = M.shape[axis] // k
-        M = M.narrow(axis, 0, size * k)
-        M = M.reshape(*M.shape[:axis], size, k, *M.shape[axis + 1:]).mean(axis + 1)
+    d = spatial_dims(M)
+    for i, axis in enumerate(op.axes(d)):
+        for a in (2 + i, 2 + d + i):
+            n = M.shape[a]
+            if axis.stride == axis.kernel and axis.pad == (0, 0):   # non-overlapping windows: a reshape
+                size = n // axis.kernel
+                M = M.narrow(a, 0, size * axis.kernel)
+                M = M.reshape(*M.shape[:a], size, axis.kernel, *M.shape[a + 1:]).mean(a + 1)
+            else:
+                A = op.matrix(axis, n).to(M)
+                M = torch.tensordot(M, A, dims=([a], [1])).movedim(-1, a)
     return M
 
 
@@ -213,11 +345,6 @@ def _(op: graph.Flatten, M, ctx):
 
 
 @pair_rule.register
-def _(op: graph.Residual, M, ctx):
-    return M + propagate(op.block, M, ctx)
-
-
-@pair_rule.register
 def _(op: graph.Readout, M, ctx):
     return M + 1 if op.has_bias else M
 
@@ -226,16 +353,54 @@ def spatial_dims(M: torch.Tensor) -> int:
     return (M.dim() - 2) // 2
 
 
-def shift_sum(M: torch.Tensor, kernel_size: Sequence[int], circular: bool) -> torch.Tensor:
-    """sum_o M(i + o, i' + o) over the kernel offsets o; outside the image: wrap around or zero.
+def conv_sum(M: torch.Tensor, axes: Sequence[graph.Axis]) -> torch.Tensor:
+    """M(o, o') <- sum_k M(s o + d k - p, s o' + d k - p) over the kernel taps k, one axis at a time.
 
-    The offsets are a product over the spatial axes and so is 'i + o and i' + o inside the image', so
-    the sum is taken one axis at a time, adding shifted slices (no rolled copies, no masks).
+    The taps are a product over the axes and so is 'both sources inside the image', so the sum over all
+    taps factorises into one sum per axis. Outside the image a source is zero or wraps around.
     """
     d = spatial_dims(M)
-    for axis, k in enumerate(kernel_size):
-        M = _axis_shift_sum(M, 2 + axis, 2 + d + axis, k // 2, circular)
+    for i, axis in enumerate(axes):
+        if axis.same_odd:
+            M = _axis_shift_sum(M, 2 + i, 2 + d + i, axis.kernel // 2, axis.circular)
+        else:
+            M = _axis_window_sum(M, 2 + i, 2 + d + i, axis)
     return M
+
+
+def shift_sum(M: torch.Tensor, kernel_size: Sequence[int], circular: bool) -> torch.Tensor:
+    """sum_o M(i + o, i' + o) over the offsets o of a 'same'-size odd kernel; outside: wrap around or zero."""
+    return conv_sum(M, [graph.Axis(k, pad=(k // 2, k // 2), circular=circular) for k in kernel_size])
+
+
+def _axis_window_sum(M: torch.Tensor, a: int, b: int, axis: graph.Axis) -> torch.Tensor:
+    """The general tap sum on axes a and b: pad both (zeros or wrap-around), then add strided slices."""
+    n = M.shape[a]
+    out_size = axis.out_size(n)
+    for dim in (a, b):
+        M = _pad_axis(M, dim, axis.pad, axis.circular)
+    out = None
+    for k in range(axis.kernel):
+        start = axis.dilation * k
+        take = slice(start, start + axis.stride * (out_size - 1) + 1, axis.stride)
+        index = [slice(None)] * M.dim()
+        index[a] = index[b] = take
+        out = M[tuple(index)].clone() if out is None else out.add_(M[tuple(index)])
+    return out
+
+
+def _pad_axis(M: torch.Tensor, dim: int, pad: tuple[int, int], circular: bool) -> torch.Tensor:
+    left, right = pad
+    if not left and not right:
+        return M
+    n = M.shape[dim]
+    if circular:
+        return torch.cat([M.narrow(dim, n - left, left), M, M.narrow(dim, 0, right)], dim)
+    shape = list(M.shape)
+    shape[dim] = n + left + right
+    out = M.new_zeros(shape)
+    out.narrow(dim, left, n).copy_(M)
+    return out
 
 
 def _axis_shift_sum(M: torch.Tensor, a: int, b: int, r: int, circular: bool) -> torch.Tensor:
@@ -258,19 +423,25 @@ def _runs(n: int, o: int, circular: bool) -> list[tuple[int, int, int]]:
 
 # ---------------------------------------------------------------------------------- blocking
 def block_size(model: GatedNet, itemsize: int, memory_budget: int) -> int:
-    """Samples per block side so that about 4 pair-kernel-sized tensors fit in `memory_budget` bytes."""
-    positions = max([1] + [math.prod(s) for s in _stream_spatial_shapes(model)])
-    per_pair = 4 * itemsize * positions**2
+    """Samples per block side so that about 4 pair-kernel-sized tensors fit in `memory_budget` bytes.
+
+    A pair kernel that keeps its channels (`npk.graph.channel_plan`) counts C times.
+    """
+    positions = max([1] + [c * math.prod(s) ** 2 for c, s in _stream_spatial_shapes(model)])
+    per_pair = 4 * itemsize * positions
     return max(1, int(math.sqrt(memory_budget / per_pair)))
 
 
 def _stream_spatial_shapes(model: GatedNet):
+    """(channel factor, spatial shape) of the input and of every gate's stream."""
+    keep = graph.channel_plan(model.ops)
+    kept = {op.layer for op in graph.walk(model.ops) if isinstance(op, graph.Gate) and id(op) in keep}
     with torch.no_grad():
         probe = torch.zeros((1, *model.input_shape), dtype=next(model.parameters()).dtype,
                             device=next(model.parameters()).device)
-        yield probe.shape[2:]
-        for g in model.gates(probe):
-            yield g.shape[2:]
+        yield 1, probe.shape[2:]
+        for layer, g in enumerate(model.gates(probe)):
+            yield (g.shape[1] if layer in kept else 1), g.shape[2:]
 
 
 def kernel_gates(model: GatedNet, X: torch.Tensor, kind: str | None) -> list[torch.Tensor]:

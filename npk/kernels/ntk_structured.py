@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import graph
 from ..models.base import GatedNet
 
 
@@ -179,28 +180,31 @@ class Structured:
 
 
 def _patches(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
-    """(n, P, fi): row i holds the input window a(i + o) over the kernel offsets o at output position i.
+    """(n, P, fi): row i holds the input window a(s i + d o - p) over the kernel taps o at output position i.
 
-    A dense layer has one position, its input. Convolutions pad like the module (zeros or wrap-around)
-    and copy channels-last windows, so a row is ordered (offset, channel): the Gram does not depend
-    on the order of the features, only on both sides using the same one.
+    A dense layer has one position, its input. Convolutions pad like the module (zeros or wrap-around,
+    torch's 'same' / 'valid' / int padding) and copy channels-last strided windows, so a row is ordered
+    (tap, channel): the Gram does not depend on the order of the features, only on both sides using the same one.
     """
     n = len(a)
     if isinstance(module, nn.Linear):
         return a.reshape(n, 1, -1)
-    sizes, channels, offsets = a.shape[2:], a.shape[1], math.prod(module.kernel_size)
-    pad = [q for p in reversed(module.padding) for q in (p, p)]
+    axes, channels, taps = graph.conv_axes(module), a.shape[1], math.prod(module.kernel_size)
+    sizes = [ax.out_size(s) for ax, s in zip(axes, a.shape[2:])]
+    pad = [q for ax in reversed(axes) for q in ax.pad]
     mode = "circular" if module.padding_mode == "circular" else "constant"
     padded = F.pad(a, pad, mode=mode).movedim(1, -1).contiguous()       # (n, *S_padded, C)
-    A = a.new_empty(n, *sizes, offsets, channels)
-    for o, offset in enumerate(itertools.product(*(range(k) for k in module.kernel_size))):
-        A[..., o, :] = padded[(slice(None), *(slice(d, d + s) for d, s in zip(offset, sizes)))]
-    return A.view(n, -1, offsets * channels)
+    A = a.new_empty(n, *sizes, taps, channels)
+    for o, tap in enumerate(itertools.product(*(range(k) for k in module.kernel_size))):
+        A[..., o, :] = padded[(slice(None), *(slice(ax.dilation * t, ax.dilation * t + ax.stride * (s - 1) + 1,
+                                                     ax.stride) for ax, t, s in zip(axes, tap, sizes)))]
+    return A.view(n, -1, taps * channels)
 
 
 def _layer_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """(fo, fi, P) of a weight layer reading one sample of `input_shape`."""
-    P = math.prod(input_shape[1:]) if not isinstance(module, nn.Linear) else 1
+    """(fo, fi, P) of a weight layer reading one sample of `input_shape` (P its output positions)."""
+    P = (1 if isinstance(module, nn.Linear)
+         else math.prod(ax.out_size(s) for ax, s in zip(graph.conv_axes(module), input_shape[1:])))
     return module.weight.shape[0], module.weight[0].numel(), P
 
 

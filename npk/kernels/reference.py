@@ -6,14 +6,16 @@ stream after each op, plus a constant-1 source per bias. With L the index of a w
 order (`npk.graph.modules`) and d the number of spatial axes, the edges are
 
     Linear dense    unit a -> unit b                         weight id (L, b, a)
-    Linear conv     (c, i + o - k//2) -> (c', i)             weight id (L, c', c, *o)   (o the kernel index;
-                    PyTorch cross-correlation, 'same' size: circular wraps i + o - k//2, zero padding drops it)
+    Linear conv     (c, s i + d o - p) -> (c', i)            weight id (L, c', c, *o)   (o the kernel index;
+                    PyTorch cross-correlation with stride s, dilation d, left pad p: circular wraps the
+                    source, zero padding drops it)
     bias            constant 1 -> every (c', *i) of layer L  weight id (L, 'bias', c')
     Gate(l)         no edge: a path through unit u picks up the factor G_l(x)(u)
-    AvgPool(k)      (c, *i) -> (c, *(i // k))                constant 1/k^d
+    AvgPool         (c, *i) -> (c, *o) for i in o's window   constant prod over axes of A[o, i]
+    MaxPool         (c, *i) -> (c, *o)                       the factor 1{i = sel_x(o, c)} (like a gate)
     GlobalAvgPool   (c, *i) -> (c,)                          constant 1/P, P = number of positions
     Flatten         (c, *i) -> (c * P + flat(i),)            constant 1 (channel-major, like torch.flatten)
-    Residual        the identity edge (constant 1) plus the paths through the block
+    Residual        the paths through the skip branch (identity: constant 1) plus those through the block
     Readout         unit a -> output j                       weight W_R[j, a]; bias b_R[j] from a constant 1
 
 A path's monomial is the tuple of the weight ids it uses, in layer order; paths with the same monomial
@@ -60,12 +62,14 @@ def path_features(model: GatedNet, X: torch.Tensor, gates: str | Sequence[torch.
     X = check_input(X, model.input_shape, "X")
     check_size(model, max_classes)
     gs = _gate_arrays(model, X, gates)
+    with torch.no_grad():
+        sels = [s.cpu().numpy().reshape(len(X), s.shape[1], -1) for s in model.selections(X.to(model_dtype(model)))]
     x = X.detach().cpu().double().numpy().reshape(len(X), -1)
     if model.value_input == "ones":
         x = np.ones_like(x)
     nodes = list(np.ndindex(*model.input_shape))
     state = _Paths(tuple(model.input_shape), [(node, ()) for node in nodes], x.T.copy())
-    walker = _Walker(gs, {id(m): L for L, m in enumerate(graph.modules(model.ops))}, len(X))
+    walker = _Walker(gs, {id(m): L for L, m in enumerate(graph.modules(model.ops))}, len(X), sels)
     for op in model.ops[:-1]:
         state = _step(op, state, walker)
     phi, classes = _readout(model.ops[-1], state, walker)
@@ -123,21 +127,33 @@ def _count(ops, shape, count):
     peak = count
     for op in ops:
         if isinstance(op, graph.Residual):
-            _, inner, inner_peak = _count(op.block, shape, count)
-            count, peak = count + inner, max(peak, inner_peak)
+            skip_shape, skipped, skip_peak = _count(op.skip, shape, count)
+            shape, inner, inner_peak = _count(op.block, shape, count)
+            count, peak = skipped + inner, max(peak, inner_peak, skip_peak)
         elif isinstance(op, graph.Linear):
-            m, positions = op.module, math.prod(shape[1:])
-            fan_out = m.out_features if not op.is_conv else m.out_channels * math.prod(m.kernel_size)
-            count = count * fan_out + op.has_bias * (fan_out if not op.is_conv else m.out_channels * positions)
-            shape = (m.out_features,) if not op.is_conv else (m.out_channels, *shape[1:])
-        elif isinstance(op, graph.AvgPool):
-            shape = (shape[0], *(s // op.kernel_size for s in shape[1:]))
-        elif isinstance(op, graph.GlobalAvgPool):
-            shape = shape[:1]
-        elif isinstance(op, graph.Flatten):
-            shape = (math.prod(shape),)
+            m = op.module
+            if op.is_conv:
+                fan_out = m.out_channels * math.prod(_most_reads(a, n) for a, n in zip(op.axes, shape[1:]))
+                shape = (m.out_channels, *(a.out_size(n) for a, n in zip(op.axes, shape[1:])))
+                count = count * fan_out + op.has_bias * math.prod(shape)
+            else:
+                shape = (m.out_features,)
+                count = count * m.out_features + op.has_bias * m.out_features
+        elif not isinstance(op, graph.Gate):
+            shape = graph.shape_after(op, shape)
         peak = max(peak, count)
     return shape, count, peak
+
+
+def _most_reads(axis: graph.Axis, n: int) -> int:
+    """The most (output, tap) pairs that read one input position along an axis of length n."""
+    reads = [0] * n
+    for o in range(axis.out_size(n)):
+        for k in range(axis.kernel):
+            p = axis.source(n, o, k)
+            if p is not None:
+                reads[p] += 1
+    return max(reads)
 
 
 # ----------------------------------------------------------------------------------- enumeration
@@ -155,19 +171,26 @@ class _Walker:
     gates: list[np.ndarray]      # per gated layer, (N, number of units)
     layer_of: dict[int, int]     # id(module) -> L
     n: int
+    selections: list[np.ndarray]  # per max pool, (N, C, outputs): the selected flat input position
 
 
-def _route(state: _Paths, edges, shape: tuple[int, ...], walker: _Walker) -> _Paths:
-    """Follow `edges` = (source row or -1 for a constant 1, new key, constant factor); equal keys add up."""
+def _route(state: _Paths, edges, shape: tuple[int, ...], walker: _Walker, per_sample=None) -> _Paths:
+    """Follow `edges` = (source row or -1 for a constant 1, new key, constant factor); equal keys add up.
+
+    per_sample (edges, N), if given, multiplies each edge's contribution sample by sample.
+    """
     index: dict[tuple, int] = {}
     src, dst, scale = [], [], []
     for s, key, c in edges:
         dst.append(index.setdefault(key, len(index)))
         src.append(s if s >= 0 else len(state.keys))
         scale.append(c)
-    A = sparse.coo_matrix((scale, (dst, src)), shape=(len(index), len(state.keys) + 1)).tocsr()
-    rows = A @ np.vstack([state.rows, np.ones((1, walker.n))])
-    return _Paths(shape, list(index), rows)
+    rows = np.vstack([state.rows, np.ones((1, walker.n))])
+    if per_sample is None:
+        A = sparse.coo_matrix((scale, (dst, src)), shape=(len(index), len(state.keys) + 1)).tocsr()
+        return _Paths(shape, list(index), A @ rows)
+    A = sparse.coo_matrix((scale, (dst, range(len(dst)))), shape=(len(index), len(dst))).tocsr()
+    return _Paths(shape, list(index), A @ (rows[src] * per_sample))
 
 
 @singledispatch
@@ -185,25 +208,20 @@ def _(op: graph.Linear, state, walker):
                  for k, ((a,), mono) in enumerate(state.keys) for b in range(out)]
         bias = [(-1, ((b,), ((L, "bias", b),)), 1.0) for b in range(out)]
         return _route(state, edges + (bias if op.has_bias else []), (out,), walker)
-    spatial, pad = state.shape[1:], [k // 2 for k in m.kernel_size]
-    offsets = list(itertools.product(*map(range, m.kernel_size)))
-
-    def targets(p):
-        """(output position, kernel index) pairs whose receptive field holds input position p."""
-        for o in offsets:
-            i = tuple(pi - oi + qi for pi, oi, qi in zip(p, o, pad))
-            if op.circular:
-                yield tuple(ii % s for ii, s in zip(i, spatial)), o
-            elif all(0 <= ii < s for ii, s in zip(i, spatial)):
-                yield i, o
-
-    moves = {p: list(targets(p)) for p in np.ndindex(*spatial)}
+    spatial, axes = state.shape[1:], op.axes
+    out_spatial = tuple(a.out_size(n) for a, n in zip(axes, spatial))
+    moves = {p: [] for p in np.ndindex(*spatial)}
+    for i in np.ndindex(*out_spatial):
+        for o in itertools.product(*map(range, m.kernel_size)):
+            p = tuple(a.source(n, ii, oi) for a, n, ii, oi in zip(axes, spatial, i, o))
+            if None not in p:
+                moves[p].append((i, o))
     edges = [(k, ((c2, *i), mono + ((L, c2, c, *o),)), 1.0)
              for k, ((c, *p), mono) in enumerate(state.keys) for i, o in moves[tuple(p)]
              for c2 in range(m.out_channels)]
     bias = [(-1, ((c2, *i), ((L, "bias", c2),)), 1.0)
-            for c2 in range(m.out_channels) for i in np.ndindex(*spatial)]
-    return _route(state, edges + (bias if op.has_bias else []), (m.out_channels, *spatial), walker)
+            for c2 in range(m.out_channels) for i in np.ndindex(*out_spatial)]
+    return _route(state, edges + (bias if op.has_bias else []), (m.out_channels, *out_spatial), walker)
 
 
 @_step.register
@@ -217,11 +235,32 @@ def _(op: graph.Gate, state, walker):
 
 @_step.register
 def _(op: graph.AvgPool, state, walker):
-    k, (C, *spatial) = op.kernel_size, state.shape
-    pooled = tuple(s // k for s in spatial)
-    edges = [(j, ((c, *(pi // k for pi in p)), mono), 1.0 / k ** len(p))
-             for j, ((c, *p), mono) in enumerate(state.keys) if all(pi // k < s for pi, s in zip(p, pooled))]
+    (C, *spatial) = state.shape
+    axes = op.axes(len(spatial))
+    A = [op.matrix(a, n).numpy() for a, n in zip(axes, spatial)]
+    pooled = tuple(len(a) for a in A)
+    edges = [(j, ((c, *o), mono), math.prod(a[oi, pi] for a, oi, pi in zip(A, o, p)))
+             for j, ((c, *p), mono) in enumerate(state.keys) for o in np.ndindex(*pooled)
+             if all(a[oi, pi] for a, oi, pi in zip(A, o, p))]
     return _route(state, edges, (C, *pooled), walker)
+
+
+@_step.register
+def _(op: graph.MaxPool, state, walker):
+    sel = walker.selections[op.index]                           # (N, C, outputs)
+    (C, *spatial) = state.shape
+    out = graph.shape_after(op, state.shape)
+    chosen: dict[tuple[int, int], list[int]] = {}                 # (c, input position) -> outputs selecting it
+    _, cs, outs = np.indices(sel.shape).reshape(3, -1)
+    for c, o, p in set(zip(cs.tolist(), outs.tolist(), sel.ravel().tolist())):
+        chosen.setdefault((c, p), []).append(o)
+    edges, weights = [], []
+    for j, ((c, *p), mono) in enumerate(state.keys):
+        flat = int(np.ravel_multi_index(tuple(p), spatial))
+        for o in chosen.get((c, flat), ()):
+            edges.append((j, ((c, *map(int, np.unravel_index(o, out[1:]))), mono), 1.0))
+            weights.append(sel[:, c, o] == flat)
+    return _route(state, edges, out, walker, np.array(weights, dtype=float).reshape(len(edges), walker.n))
 
 
 @_step.register
@@ -239,15 +278,18 @@ def _(op: graph.Flatten, state, walker):
 
 @_step.register
 def _(op: graph.Residual, state, walker):
-    inner = state
+    inner, skipped = state, state
     for block_op in op.block:
         inner = _step(block_op, inner, walker)
-    if inner.shape != state.shape:
-        raise ValueError(f"a residual block must keep the stream's shape {state.shape}, its output is {inner.shape}")
-    both = _Paths(state.shape, state.keys + inner.keys, np.vstack([state.rows, inner.rows]))
+    for skip_op in op.skip:
+        skipped = _step(skip_op, skipped, walker)
+    if inner.shape != skipped.shape:
+        raise ValueError(f"a residual block's branches must end in the same shape, got {skipped.shape} (skip) "
+                         f"and {inner.shape} (block)")
+    both = _Paths(inner.shape, skipped.keys + inner.keys, np.vstack([skipped.rows, inner.rows]))
     if len(set(both.keys)) == len(both.keys):  # a block with a weight layer: every key is new
         return both
-    return _route(both, [(j, key, 1.0) for j, key in enumerate(both.keys)], state.shape, walker)
+    return _route(both, [(j, key, 1.0) for j, key in enumerate(both.keys)], inner.shape, walker)
 
 
 def _readout(op: graph.Readout, state: _Paths, walker: _Walker) -> tuple[np.ndarray, list[tuple]]:
@@ -280,12 +322,15 @@ def _weight(weights, wid: tuple) -> float:
     return float(b[idx[1]]) if idx[0] == "bias" else float(W[tuple(idx)])
 
 
+def model_dtype(model: GatedNet) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
 def _gate_arrays(model: GatedNet, X: torch.Tensor, gates) -> list[np.ndarray]:
     """The gates as (N, units) float64 arrays: the model's (of kind `gates`) or the tensors given."""
     if gates is None or isinstance(gates, str):
-        param = next(model.parameters())
         with torch.no_grad():
-            gates = model.gates(X.to(param.dtype), gates)
+            gates = model.gates(X.to(model_dtype(model)), gates)
     if len(gates) != model.n_gated:
         raise ValueError(f"need one gate tensor per gated layer ({model.n_gated}), got {len(gates)}")
     out = []

@@ -27,20 +27,30 @@ VALUE_INPUTS = ("x", "ones")
 class GatedNet(nn.Module):
     """A gated network described by an op list (see `npk.graph`).
 
-    Subclasses set `gating` (one of GATINGS) and build the op list; everything else (forward,
+    `gating` (one of GATINGS, default "self") is a constructor argument of every gated model; the
+    architecture classes (FCNet, ConvNet, ResNet) build the op list, and the names DNN, DGN, DLGN,
+    DLGNSF, ConvDNN, ..., ResDLGNSF are thin subclasses that fix `gating`. Everything else (forward,
     gates, parameter groups) is shared.
     """
 
     gating: str = "self"
 
-    def __init__(self, ops: Sequence[graph.Op], input_shape: tuple[int, ...], *, gate: str = "hard",
-                 beta: float = 4.0, eps: float = 0.1, value_input: str = "x"):
+    def __init__(self, ops: Sequence[graph.Op], input_shape: tuple[int, ...], *, gating: str | None = None,
+                 gate: str = "hard", beta: float = 4.0, eps: float = 0.1, value_input: str = "x"):
         super().__init__()
+        if gating is not None:
+            fixed = type(self).__dict__.get("gating") if type(self) is not GatedNet else None
+            if fixed is not None and fixed != gating:
+                raise ValueError(f"{type(self).__name__} is the gating={fixed!r} name of "
+                                 f"{architecture_class(type(self)).__name__}; use "
+                                 f"{architecture_class(type(self)).__name__}(..., gating={gating!r})")
+            self.gating = gating
         graph.validate(ops)
         self.ops = list(ops)
         self.input_shape = tuple(input_shape)
         self.value_layers = nn.ModuleList(graph.modules(self.ops))
         self.n_gated = graph.n_gated_layers(self.ops)
+        self.n_pools = len(graph.max_pools(self.ops))
         self._build_gating(gate, beta, eps, value_input)
         self._probe()
 
@@ -79,13 +89,14 @@ class GatedNet(nn.Module):
         """A copy with the same value network (weights copied) and a new gating network of kind `gating`.
 
         The new gating layers get He normal weights (std sqrt(2 / fan_in)) and zero biases from the
-        global torch RNG; options left None keep this model's. The copy's class is this class's sibling
-        with that gating (DNN -> DGN, ConvDNN -> ConvDLGN, ...); a plain GatedNet stays a GatedNet.
+        global torch RNG; options left None keep this model's. Gating is an argument, not a class: the
+        copy is of the architecture's class (DNN -> FCNet, ConvDNN -> ConvNet, ResDNN -> ResNet, a
+        GatedNet stays one) with `gating` set on it.
         """
         if gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
         model = copy.deepcopy(self)
-        model.__class__ = _gating_class(type(self), gating)
+        model.__class__ = architecture_class(type(self))
         model.gating = gating
         model._build_gating(gate or self.gate_kind, self.beta if beta is None else beta,
                             self.eps if eps is None else eps, value_input or self.value_input)
@@ -98,8 +109,23 @@ class GatedNet(nn.Module):
 
     def gating_preactivations(self, X: torch.Tensor) -> list[torch.Tensor]:
         """The pre-activations q_l(x) that the gates of each gated layer are computed from."""
+        return self.gating_pass(X)[0]
+
+    def selections(self, X: torch.Tensor) -> list[torch.Tensor]:
+        """Per MaxPool, the selected position of every window: flat spatial indices, (N, C, *S_out).
+
+        The stream that selects is the one the gating kind reads, as for the gates: a DNN's own stream;
+        a DGN's gating network's (ReLU) stream; for a DLGN or DLGN-SF the pre-activation q_l of the gate
+        before the pool (linear in x). A DLGN's gating stream itself pools by average over the same
+        windows, so that it stays a linear function of x; a DLGN-SF's input stream does the same.
+        """
+        return self.gating_pass(X)[1]
+
+    def gating_pass(self, X: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(pre-activations q_l, max-pool selections) from one pass of the gating network."""
         X = self.check_input(X)
         qs: list[torch.Tensor] = []
+        sels: list[torch.Tensor] = []
 
         def record(then):
             def on_gate(layer, q):
@@ -107,19 +133,31 @@ class GatedNet(nn.Module):
                 return then(q)
             return on_gate
 
+        def by_max(op, h):
+            pooled, sel = op.pool(h)
+            sels.append(sel)
+            return pooled
+
+        def by_linear(op, h):
+            sels.append(op.pool(h)[1])
+            return op.average(h)
+
         if self.gating == "self":
-            graph.run(self.ops, X, record(lambda q: self.gate_fn(q) * q))
+            graph.run(self.ops, X, record(lambda q: self.gate_fn(q) * q), by_max)
         elif self.gating == "relu":
-            graph.run(self.gating_ops, X, record(torch.relu))
+            graph.run(self.gating_ops, X, record(torch.relu), by_max)
         elif self.gating == "linear":
-            graph.run(self.gating_ops, X, record(lambda q: q))
+            graph.run(self.gating_ops, X, record(lambda q: q), by_linear)
         else:
-            graph.shallow_run(self.gating_ops, X, record(lambda q: q))
-        return qs
+            graph.shallow_run(self.gating_ops, X, record(lambda q: q), lambda op, q: sels.append(op.pool(q)[1]))
+        return qs, sels
 
     def gates(self, X: torch.Tensor, kind: str | None = None) -> list[torch.Tensor]:
         """One gate tensor per gated layer, (N, C) or (N, C, *spatial); `kind` overrides hard/soft."""
-        gs = [self.gate_fn(q, kind) for q in self.gating_preactivations(X)]
+        return self._gates_of(self.gating_preactivations(X), kind)
+
+    def _gates_of(self, qs: list[torch.Tensor], kind: str | None) -> list[torch.Tensor]:
+        gs = [self.gate_fn(q, kind) for q in qs]
         if self.gate_permutations is not None:
             gs = [g[:, perm] for g, perm in zip(gs, self.gate_permutations)]
         return gs
@@ -143,8 +181,10 @@ class GatedNet(nn.Module):
         X = self.check_input(X)
         if self.gating == "self" and self.gate_permutations is None:
             return graph.run(self.ops, X, lambda layer, q: self.gate_fn(q) * q)
-        gs = self.gates(X)
-        return graph.run(self.ops, self.value_stream_input(X), lambda layer, q: gs[layer] * q)
+        qs, sels = self.gating_pass(X)
+        gs = self._gates_of(qs, None)
+        return graph.run(self.ops, self.value_stream_input(X), lambda layer, q: gs[layer] * q,
+                         lambda op, h: graph.select(h, sels[op.index]))
 
     # ----------------------------------------------------------------------- parameter groups
     def value_parameters(self) -> Iterator[nn.Parameter]:
@@ -160,16 +200,9 @@ class GatedNet(nn.Module):
         return check_input(X, self.input_shape)
 
 
-def _gating_class(cls: type, gating: str) -> type:
-    """The subclass of cls's parent whose class attribute `gating` is `gating` (cls itself if it is GatedNet)."""
-    if cls is GatedNet:
-        return cls
-    family = cls.__mro__[1]
-    found = [c for c in family.__subclasses__() if c.__dict__.get("gating") == gating]
-    if len(found) != 1:
-        raise ValueError(f"{family.__name__} has {len(found)} subclasses with gating {gating!r}, need exactly one "
-                         f"(e.g. DNN, DGN, DLGN, DLGNSF under FCNet) to turn a {cls.__name__} into one")
-    return found[0]
+def architecture_class(cls: type) -> type:
+    """The first class in cls's MRO that does not fix `gating` itself: FCNet for DNN, GatedNet for GatedNet."""
+    return next(c for c in cls.__mro__ if "gating" not in c.__dict__ or c is GatedNet)
 
 
 def check_input(X, input_shape: tuple[int, ...], name: str = "X") -> torch.Tensor:

@@ -130,7 +130,10 @@ def shuffled_gates(model: GatedNet, seed: int = 0) -> GatedNet:
     _check_model(model, "model")
     shuffled = dnn_as_dgn(model) if model.gating == "self" else copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
-    units = [m.weight.shape[0] for m in shuffled.value_layers[:shuffled.n_gated]]
+    param = next(shuffled.parameters())
+    with torch.no_grad():
+        probe = torch.zeros((1, *shuffled.input_shape), dtype=param.dtype, device=param.device)
+        units = [g.shape[1] for g in shuffled.gates(probe)]      # channels per gated layer, any op list
     shuffled.set_gate_permutations([torch.randperm(n, generator=generator) for n in units])
     return shuffled
 

@@ -1,4 +1,4 @@
-"""Residual gated networks: ResDNN, ResDGN, ResDLGN: identity skips around blocks of gated layers.
+"""Residual gated networks: ResDNN, ResDGN, ResDLGN, ResDLGNSF: identity skips around blocks of gated layers.
 
 The value network, fully connected or convolutional ('same'-size convs, GAP head):
 
@@ -70,7 +70,7 @@ def res_ops(d_in: int, width, n_blocks, layers_per_block: int = 1, d_out: int = 
 
 
 class ResNet(GatedNet):
-    """Residual gated network; `gating` is set by the subclass. Arguments as in `res_ops`."""
+    """Residual gated network; `gating=` as a keyword or fixed by a thin name. Arguments as in `res_ops`."""
 
     def __init__(self, d_in: int, width, n_blocks, layers_per_block: int = 1, d_out: int = 1, *,
                  stem: bool = True, conv: bool = False, input_size=None, spatial_dims: int = 2,
@@ -114,7 +114,12 @@ class ResDLGN(ResNet):
     gating = "linear"
 
 
-RES_KINDS = {"dnn": ResDNN, "dgn": ResDGN, "dlgn": ResDLGN}
+class ResDLGNSF(ResNet):
+    """Residual DLGN with shallow features: every gating layer reads x (pooled to its resolution), q_l = W_l x."""
+    gating = "shallow"
+
+
+RES_KINDS = {"dnn": ResDNN, "dgn": ResDGN, "dlgn": ResDLGN, "dlgnsf": ResDLGNSF}
 
 
 def resnet_preset(depth_per_stage: Sequence[int] = (2, 2, 2), widths: Sequence[int] = (16, 32, 64),

@@ -61,6 +61,11 @@ def path_length_npks(model: GatedNet, X: torch.Tensor,
     op (Linear, Readout) raises the index by one, a Residual adds the skip's kernels and the block's.
     gates: one tensor per gated layer for X (default: `model.gates(X)`).
     """
+    unread = [op for op in graph.walk(model.ops)
+              if isinstance(op, graph.MaxPool) or isinstance(op, graph.Residual) and op.skip]
+    if unread or graph.channel_plan(model.ops):
+        raise ValueError("path_length_npks reads identity skips and gates right after weight layers only, not "
+                         "max pools, skip branches with ops or a ReLU after a shortcut (use npk_gram for H)")
     X = check_input(X, model.input_shape, "X")
     gates = kernel_gates(model, X, None) if gates is None else gates
     V = model.value_stream_input(X)

@@ -14,6 +14,7 @@ gates of the *full* network. For one-gated-layer dense blocks, H = <x, x'> prod_
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from typing import Sequence
@@ -23,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from .. import graph
-from ..kernels.npk import GatePair, kernel_gates, npk_gram, overlap, propagate
+from ..kernels.npk import GatePair, kernel_gates, kernel_selections, npk_gram, overlap, propagate
 from ..models.base import GatedNet, check_input
 from .result import CheckResult
 
@@ -104,8 +105,10 @@ def rotation_invariance(model: GatedNet, X: torch.Tensor, shifts=None, tol: floa
 
     The theorem needs circular padding and a global-average-pooling head. Other models are checked
     all the same and are expected to fail: zero padding breaks invariance at the borders (the figure
-    shows how far per shift), and a flatten head keeps only H(rot x, rot x') = H(x, x'), losing the
-    one-sided identity. details['padding'] and details['head'] say what the model has.
+    shows how far per shift), strided convolutions and pooling (average or max) commute only with
+    shifts by multiples of their stride, and a flatten head keeps only H(rot x, rot x') = H(x, x'),
+    losing the one-sided identity. details['padding'], details['head'], details['conv_strides'],
+    details['n_max_pools'] and details['n_avg_pools'] say what the model has.
     """
     spatial = _spatial(model)
     X = check_input(X, model.input_shape, "X")
@@ -127,8 +130,17 @@ def rotation_invariance(model: GatedNet, X: torch.Tensor, shifts=None, tol: floa
         statistic=statistic, tolerance=tol, passed=statistic <= tol,
         details={"shifts": [list(s) for s in shifts], "deviation": deviation, "deviation_one_side": one_side,
                  "deviation_both_sides": both_sides, "spatial_shape": list(spatial), "head": _head(model.ops),
-                 "padding": _padding(model.ops), "n_samples": len(X)},
+                 "padding": _padding(model.ops), "n_samples": len(X), **_invariance_breakers(model.ops)},
         plotter=_plot_rotation)
+
+
+def _invariance_breakers(ops) -> dict:
+    """The ops that break exact invariance besides zero padding: strided convs / pools and max pools."""
+    strides = [list(op.module.stride) for op in graph.walk(ops)
+               if isinstance(op, graph.Linear) and op.is_conv and any(s != 1 for s in op.module.stride)]
+    pools = [op for op in graph.walk(ops) if isinstance(op, (graph.AvgPool, graph.MaxPool))]
+    return {"conv_strides": strides, "n_max_pools": sum(isinstance(op, graph.MaxPool) for op in pools),
+            "n_avg_pools": len(pools) - sum(isinstance(op, graph.MaxPool) for op in pools)}
 
 
 def _plot_rotation(result: CheckResult, ax) -> None:
@@ -259,18 +271,35 @@ def residual_blocks(model: GatedNet) -> list[graph.Residual]:
 
 def subnetwork_ops(ops: Sequence[graph.Op], keep) -> list[graph.Op]:
     """The op list of the sub-network that runs through the top-level blocks numbered in `keep` (0-based,
-    in forward order) without their skip, and drops the other blocks (their skip is taken); other ops stay."""
+    in forward order) without their skip, and takes the skip branch (identity or projection) of the others.
+
+    A bias is a path that starts at its layer, so it must be counted in one sub-network only: in the one
+    that skips every block before it. Biases after the first kept block are dropped (the layer is read
+    bias-free; the NPK does not read weights).
+    """
     keep, out, k = set(keep), [], 0
     for op in ops:
+        after_kept = any(j < k for j in keep)
         if isinstance(op, graph.Residual):
-            if k in keep:
-                out.extend(op.block)
+            branch = op.block if k in keep else op.skip
+            out.extend(_bias_free(o) if after_kept else o for o in branch)
             k += 1
         else:
-            out.append(op)
+            out.append(_bias_free(op) if after_kept else op)
     if not keep <= set(range(k)):
         raise ValueError(f"block numbers must be in 0..{k - 1}, got {sorted(keep)}")
     return out
+
+
+def _bias_free(op: graph.Op) -> graph.Op:
+    """op without its bias path (a bias-free copy of the weight layer; other ops as they are)."""
+    if isinstance(op, graph.Residual):
+        return graph.Residual([_bias_free(o) for o in op.block], [_bias_free(o) for o in op.skip])
+    if not getattr(op, "has_bias", False):
+        return op
+    module = copy.copy(op.module)
+    module._parameters = dict(module._parameters, bias=None)
+    return type(op)(module)
 
 
 def subnetwork_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, keep=(),
@@ -284,7 +313,8 @@ def subnetwork_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = No
     Y = X if Y is None else check_input(Y, model.input_shape, "Y")
     gx, gy = gates if gates is not None else (kernel_gates(model, X, None), kernel_gates(model, Y, None))
     M = overlap(model.value_stream_input(X), model.value_stream_input(Y))
-    return propagate(subnetwork_ops(model.ops, keep), M, GatePair(gx, gy))
+    selections = GatePair(gx, gy, kernel_selections(model, X), kernel_selections(model, Y))
+    return propagate(subnetwork_ops(model.ops, keep), M, selections)
 
 
 def _closed_form_layers(model: GatedNet) -> tuple[list[int], list[int]] | None:
@@ -330,13 +360,14 @@ def ensemble_decomposition(model: GatedNet, X: torch.Tensor, tol: float | None =
     Statistic: the larger relative error max|sum_J H^J - H| / max|H| (and the closed form's, when it
     applies); tolerance 1e-10 in float64 (X and the model), else 1e-4. details['depth_share'][k] is the
     share of the sub-networks through k blocks, sum_{|J| = k} H^J / H averaged over the pairs with
-    |H| > 1e-12 max|H|; the figure shows it as bars. Needs a bias-free model with 1..10 blocks.
+    |H| > 1e-12 max|H|; the figure shows it as bars. Needs a model with 1..10 blocks; skip branches
+    may hold ops (projection shortcuts), and biases count in the sub-network that skips every block
+    before them (`subnetwork_ops`), so traced networks with folded batch norms qualify.
     """
     blocks = residual_blocks(model)
     if not 1 <= len(blocks) <= MAX_BLOCKS:
         raise ValueError(f"ensemble_decomposition needs a model with 1..{MAX_BLOCKS} top-level identity skips "
                          f"(graph.Residual ops, e.g. npk.models.ResDNN), got {len(blocks)}")
-    _require_no_bias(model, "the ensemble decomposition (each path counted once)")
     X = check_input(X, model.input_shape, "X")
     tol = (1e-10 if _is_double(model, X) else 1e-4) if tol is None else float(tol)
     H = npk_gram(model, X, progress=False)
