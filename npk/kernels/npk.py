@@ -21,7 +21,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import singledispatch
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +29,7 @@ from typing import Sequence
 import torch
 
 from .. import graph
+from . import conv_fast
 from ..models.base import GatedNet, check_input
 
 # bytes for the pair kernels of one block: on a CPU, blocks whose tensors stay under glibc's mmap threshold
@@ -93,11 +94,15 @@ class GatePair:
 
     gx: Sequence[torch.Tensor]
     gy: Sequence[torch.Tensor]
+    cache: dict = field(default_factory=dict, repr=False)   # the block's packed gates (npk.kernels.conv_fast)
 
 
 def propagate(ops: Sequence[graph.Op], M: torch.Tensor, ctx: GatePair) -> torch.Tensor:
-    for op in ops:
-        M = pair_rule(op, M, ctx)
+    """Apply the op rules in order; runs of gated convs go to the fused rules of `conv_fast`."""
+    i = 0
+    while i < len(ops):
+        fused = conv_fast.fused_run(ops, i, M, ctx)
+        M, i = fused if fused else (pair_rule(ops[i], M, ctx), i + 1)
     return M
 
 
@@ -127,7 +132,7 @@ def _(op: graph.Linear, M, ctx):
 
 @pair_rule.register
 def _(op: graph.Gate, M, ctx):
-    return overlap(ctx.gx[op.layer], ctx.gy[op.layer]).mul_(M)
+    return overlap(ctx.gx[op.layer].to(M.dtype), ctx.gy[op.layer].to(M.dtype)).mul_(M)
 
 
 @pair_rule.register

@@ -1,0 +1,230 @@
+"""Fast exact pair propagation through runs of gated convolutions: the default for conv nets.
+
+A run is a stretch of the op list made of [conv Linear, Gate] pairs (stride 1, dilation 1, groups 1,
+odd kernel, 'same' zero or circular padding). Each layer of a run maps the pair kernel as
+
+    M'(i, i') = ov(i, i') * (b + sum_o M(i + o, i' + o)),    ov(i, i') = sum_c G(x)(i, c) G(x')(i', c)
+
+(the conv and gate rules of `npk.kernels.npk`, fused). Every other op, and any conv this module does
+not handle, goes to the generic rules, so a new op needs no change here. Two backends:
+
+- `extension` (CPU, hard 0/1 gates, float32 / float64): the C++ kernel of `csrc/conv_npk.cpp`, built
+  by `make install` as `npk/kernels/_conv_npk*.so`. Gates are bit-packed, 64 channels a word, so an
+  overlap is ceil(C / 64) ANDs and popcounts, exact in integers, computed where it is used and never
+  stored; the shifted sums of an output slab are accumulated in L1; all layers of a run are applied
+  to one pair before the next (its M stays in cache), pairs spread over OpenMP threads. M is read
+  and written about once per layer.
+- `torch` (any device; soft gates; CPU without the extension): the generic rules with an exact
+  low-precision GEMM for 0/1 overlaps (bfloat16 on CPU for up to 256 channels a chunk, float16 on
+  CUDA for up to 2,048: every partial sum is an integer that these formats hold exactly), and the
+  model's dtype for soft gates. No host sync and no CPU-only op in its loop.
+
+Why (C4GAP-128, 32 x 32 x 3, float32, this project's 2-core AMD EPYC with AVX-512 VPOPCNTDQ, see the
+README): the overlaps of a pair cost 1.07 GFLOP as fp32 GEMMs (about 12 ms at the measured 90 GFLOP/s
+of one core), 0.23 ms as bf16 GEMMs and 8 M word-ANDs + popcounts as bit operations (well under a
+millisecond). Once the overlaps are bit operations the cost is the shifted sums and M's traffic, which
+the fused kernel keeps in cache. torch.compile and numba were not adopted: inductor cannot express the
+popcount, and the kernel is short enough to keep as one C++ file with no build dependency but g++.
+Symmetric blocks are not halved inside a tile: the Gram driver already computes only upper-triangle
+tiles, and the waste on diagonal tiles is (block size) / N of the work.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import graph
+
+BACKENDS = ("auto", "extension", "torch", "off")
+_state = {"backend": os.environ.get("NPK_CONV_BACKEND", "auto")}
+# channels per chunk whose 0/1 overlaps a low-precision GEMM computes exactly (integers up to 2^8, 2^11)
+EXACT_CHUNK = {torch.bfloat16: 256, torch.float16: 2048}
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Use `name` for conv runs inside the block: "auto" (the extension where it applies, else torch),
+    "extension" (error if it cannot run), "torch", or "off" (the generic op rules only).
+
+    Example:
+        >>> with backend("torch"):
+        ...     H = npk_gram(model, X)
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
+    old, _state["backend"] = _state["backend"], name
+    try:
+        yield
+    finally:
+        _state["backend"] = old
+
+
+def extension() -> ctypes.CDLL | None:
+    """The compiled kernel, or None when it is not built (`make install` builds it) or fails to load."""
+    if "lib" not in _state:
+        _state["lib"] = None
+        for path in sorted(Path(__file__).parent.glob("_conv_npk*.so")):
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError:
+                continue
+            for name in ("npk_conv_run_f32", "npk_conv_run_f64"):
+                getattr(lib, name).restype = ctypes.c_int
+            lib.npk_and_popcount.restype = ctypes.c_int64
+            _state["lib"] = lib
+            break
+    return _state["lib"]
+
+
+# ------------------------------------------------------------------------------------ the run
+def conv_run(ops: Sequence[graph.Op], start: int) -> list[graph.Linear]:
+    """The conv Linears of the longest run of [conv Linear, Gate] pairs at ops[start:] that this module handles."""
+    convs = []
+    i = start
+    while i + 1 < len(ops) and _handled(ops[i]) and isinstance(ops[i + 1], graph.Gate):
+        convs.append(ops[i])
+        i += 2
+    return convs
+
+
+def _handled(op) -> bool:
+    if not (isinstance(op, graph.Linear) and op.is_conv):
+        return False
+    m = op.module
+    k = tuple(m.kernel_size)
+    return (len(k) in (1, 2) and all(s == 1 for s in m.stride) and all(d == 1 for d in m.dilation)
+            and m.groups == 1 and all(ki % 2 == 1 for ki in k)
+            and m.padding in ("same", tuple(ki // 2 for ki in k)) and m.padding_mode in ("zeros", "circular"))
+
+
+def fused_run(ops: Sequence[graph.Op], start: int, M: torch.Tensor, ctx) -> tuple[torch.Tensor, int] | None:
+    """Apply the run of gated convs at ops[start:] to M; returns (M, index after the run), or None when
+    there is no run there or the backend is "off" (the caller then applies ops[start] generically).
+
+    ctx carries the block's gates (ctx.gx, ctx.gy: one tensor (n, C, *S) per gated layer, float, bool
+    or uint8) and a dict ctx.cache for their packed forms.
+    """
+    convs = conv_run(ops, start)
+    name = _state["backend"]
+    if not convs or name == "off":
+        return None
+    layers = [ops[start + 2 * j + 1].layer for j in range(len(convs))]
+    if any(tuple(ctx.gx[l].shape[2:]) != tuple(M.shape[2:2 + (M.dim() - 2) // 2]) for l in layers):
+        return None
+    use_ext = name in ("auto", "extension") and _extension_applies(M, ctx, layers)
+    if name == "extension" and not use_ext:
+        raise RuntimeError("the conv NPK extension cannot run here: it needs a CPU float32/float64 pair kernel, "
+                           "hard 0/1 gates and the built library (run `make install`)")
+    M = _run_extension(convs, layers, M, ctx) if use_ext else _run_torch(convs, layers, M, ctx)
+    return M, start + 2 * len(convs)
+
+
+def _extension_applies(M: torch.Tensor, ctx, layers: list[int]) -> bool:
+    return (M.device.type == "cpu" and M.dtype in (torch.float32, torch.float64) and extension() is not None
+            and hard_gates(ctx, layers))
+
+
+def hard_gates(ctx, layers: list[int]) -> bool:
+    """Whether the gates of `layers` are all 0/1: bool / uint8 by type (uint8 gates hold 0 or 1); float
+    by value on CPU (one check per block, cached in ctx.cache); float on another device counts as soft,
+    to avoid a host sync."""
+    key = ("hard", tuple(layers))
+    if key not in ctx.cache:
+        gates = [g for l in layers for g in (ctx.gx[l], ctx.gy[l])]
+        if all(g.dtype in (torch.bool, torch.uint8) for g in gates):
+            ctx.cache[key] = True
+        elif gates[0].device.type != "cpu":
+            ctx.cache[key] = False
+        else:
+            ctx.cache[key] = all(bool(((g == 0) | (g == 1)).all()) for g in gates)
+    return ctx.cache[key]
+
+
+# ------------------------------------------------------------------------------- extension backend
+def pack_bits(g: torch.Tensor) -> torch.Tensor:
+    """0/1 gates (n, C, *S) as (n, ceil(C / 64), P) int64 words: channel 64 w + b is bit b of word w.
+
+    Example:
+        >>> pack_bits(torch.ones(1, 3, 2))       # channels 0, 1, 2 on at both positions: 0b111
+        tensor([[[7, 7]]])
+    """
+    n, C, P = g.shape[0], g.shape[1], math.prod(g.shape[2:])
+    words = -(-C // 64)
+    bits = F.pad((g.reshape(n, C, P) != 0).to(torch.uint8), (0, 0, 0, 64 * words - C))
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=g.device).view(1, 1, 1, 8, 1)
+    bytes_ = (bits.reshape(n, words, 8, 8, P) * weights).sum(3, dtype=torch.uint8)     # (n, words, byte, P)
+    return bytes_.transpose(2, 3).contiguous().view(torch.int64).reshape(n, words, P)
+
+
+def _packed(ctx, side: str, layer: int) -> torch.Tensor:
+    key = (side, layer)
+    if key not in ctx.cache:
+        ctx.cache[key] = pack_bits(getattr(ctx, side)[layer])
+    return ctx.cache[key]
+
+
+def _run_extension(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
+    lib = extension()
+    d = (M.dim() - 2) // 2
+    spatial = M.shape[2:2 + d]
+    H, W = (1, spatial[0]) if d == 1 else tuple(spatial)
+    M = M.contiguous()
+    out = torch.empty_like(M)
+    gx = [_packed(ctx, "gx", l) for l in layers]
+    gy = [_packed(ctx, "gy", l) for l in layers]
+    L = len(convs)
+    ints = lambda values: (ctypes.c_int * L)(*values)                                  # noqa: E731
+    ptrs = lambda tensors: (ctypes.c_void_p * L)(*[t.data_ptr() for t in tensors])     # noqa: E731
+    kernel = [tuple(c.module.kernel_size) for c in convs]
+    fn = lib.npk_conv_run_f32 if M.dtype == torch.float32 else lib.npk_conv_run_f64
+    status = fn(ctypes.c_void_p(M.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.c_int64(M.shape[0]),
+                ctypes.c_int64(M.shape[1]), H, W, L, ints([1 if d == 1 else k[0] for k in kernel]),
+                ints([k[-1] for k in kernel]), ints([int(c.circular) for c in convs]),
+                (ctypes.c_double * L)(*[float(c.has_bias) for c in convs]), ints([g.shape[1] for g in gx]),
+                ptrs(gx), ptrs(gy), torch.get_num_threads())
+    if status:
+        raise RuntimeError(f"the conv NPK extension failed (status {status}): more than 4,096 channels in a layer?")
+    return out
+
+
+# ----------------------------------------------------------------------------------- torch backend
+def _run_torch(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
+    from .npk import shift_sum
+    hard = hard_gates(ctx, layers)
+    for conv, l in zip(convs, layers):
+        M = shift_sum(M, conv.module.kernel_size, conv.circular)
+        if conv.has_bias:
+            M = M + 1
+        M = exact_overlap(ctx.gx[l], ctx.gy[l], M.dtype, hard).mul_(M)
+    return M
+
+
+def exact_overlap(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype, hard: bool) -> torch.Tensor:
+    """ov(i, i') = sum_c A(i, c) B(i', c) for A (n, C, *S), B (m, C, *S), shape (n, m, *S, *S), in `dtype`.
+
+    With hard (0/1) gates the GEMMs run in bfloat16 (CPU) or float16 (CUDA) over channel chunks small
+    enough that every sum is an integer the format holds exactly; otherwise in `dtype`.
+
+    Example:
+        >>> g = torch.ones(1, 300, 2)
+        >>> exact_overlap(g, g, torch.float32, hard=True)[0, 0]
+        tensor([[300., 300.],
+                [300., 300.]])
+    """
+    from .npk import overlap
+    low = torch.float16 if A.device.type == "cuda" else torch.bfloat16
+    if not hard:
+        return overlap(A.to(dtype), B.to(dtype))
+    chunk = EXACT_CHUNK[low]
+    out = None
+    for c in range(0, A.shape[1], chunk):
+        part = overlap(A[:, c:c + chunk].to(low), B[:, c:c + chunk].to(low)).to(dtype)
+        out = part if out is None else out.add_(part)
+    return out
