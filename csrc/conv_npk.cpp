@@ -6,13 +6,18 @@
 // with o over the kh x kw kernel offsets and i + o, i' + o inside the image (zero padding) or taken
 // modulo the image size (circular padding). The gates are bit-packed: gx of one sample is `words`
 // rows of P 64-bit words (channel 64 w + b is bit b of word w), so an overlap is `words` ANDs and
-// popcounts. Work is one output slab M'[(r, :), (r', :)] (W x W) at a time: its shifted sums are
-// accumulated in a W x W buffer that stays in L1, then multiplied by the overlaps computed on the
-// fly, so M' is written once and ov is never stored. All layers of the run are applied to one pair
-// before the next pair (the pair's M stays in cache); pairs are spread over OpenMP threads.
+// popcounts. A run first copies the pair's M into slab-major order (the W x W slabs
+// M[(r, :), (r', :)] each contiguous) and back at the end. The offset sum is separable: along the
+// columns, T(r, r') = sum_ox of slab (r, r') shifted by (ox, ox), computed once per slab from a
+// zero- or wrap-padded copy; along the rows, the slabs (r + oy, r' + oy) lie on the same diagonal
+// r' - r of the slab grid, so the work goes one diagonal at a time (its T slabs in L2), and each
+// output row is summed, multiplied by the overlaps (computed on the fly, never stored) and written
+// once. All layers of the run are applied to one pair before the next (the pair's M stays in
+// cache); pairs are spread over OpenMP threads, or, with fewer pairs than threads, the diagonals.
 // Plain C ABI (called through ctypes); no torch headers, so it builds in a second.
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
@@ -30,101 +35,194 @@ struct Layer {
 
 inline int wrap(int i, int n) { return ((i % n) + n) % n; }
 
-// acc[c'] += src[c' + ox] over the c' whose c' + ox is inside [0, W) (zero) or wrapped (circular).
 template <typename T>
-inline void add_shifted(T* __restrict acc, const T* __restrict src, int W, int ox, bool circular) {
-    if (!circular) {
-        int lo = std::max(0, -ox), hi = std::min(W, W - ox);
-        for (int j = lo; j < hi; ++j) acc[j] += src[j + ox];
-        return;
-    }
-    int o = wrap(ox, W);  // c' in [0, W - o) reads c' + o; c' in [W - o, W) reads c' + o - W
-    for (int j = 0; j < W - o; ++j) acc[j] += src[j + o];
-    for (int j = W - o; j < W; ++j) acc[j] += src[j + o - W];
+inline void copy_row(const T* __restrict from, T* __restrict to, int W) {
+    for (int j = 0; j < W; ++j) to[j] = from[j];
+}
+
+// The slabs M[(r, :), (r', :)] (W x W) of one pair's P x P kernel, stored slab after slab
+// ((r, r', c, c') order) while a run works on them, so that a slab is 4 KiB of contiguous memory.
+template <typename T>
+void to_slabs(const T* __restrict M, T* __restrict S, int H, int W, int tid, int nt) {
+    const int64_t P = (int64_t)H * W;
+    for (int r = tid; r < H; r += nt)
+        for (int c = 0; c < W; ++c)
+            for (int rp = 0; rp < H; ++rp)
+                copy_row(M + ((int64_t)r * W + c) * P + (int64_t)rp * W, S + (((int64_t)r * H + rp) * W + c) * W, W);
 }
 
 template <typename T>
-void layer_step(const T* __restrict src, T* __restrict dst, int H, int W, const Layer& L,
-                const uint64_t* __restrict gxa, const uint64_t* __restrict gyb, T* __restrict acc) {
-    const int P = H * W, ry = L.kh / 2, rx = L.kw / 2, words = L.words;
-    const bool circ = L.circular != 0;
-    const T bias = static_cast<T>(L.bias);
-    uint64_t gxv[64];
-    for (int r = 0; r < H; ++r) {
-        for (int rp = 0; rp < H; ++rp) {
-            std::fill(acc, acc + W * W, T(0));
-            for (int oy = -ry; oy <= ry; ++oy) {
-                int sr = r + oy, srp = rp + oy;
-                if (circ) { sr = wrap(sr, H); srp = wrap(srp, H); }
-                else if (sr < 0 || sr >= H || srp < 0 || srp >= H) continue;
-                const T* base = src + (size_t)sr * W * P + (size_t)srp * W;
-                for (int c = 0; c < W; ++c) {
-                    T* arow = acc + c * W;
-                    for (int ox = -rx; ox <= rx; ++ox) {
-                        int sc = c + ox;
-                        if (circ) sc = wrap(sc, W);
-                        else if (sc < 0 || sc >= W) continue;
-                        add_shifted(arow, base + (size_t)sc * P, W, ox, circ);
-                    }
-                }
-            }
-            T* drow0 = dst + (size_t)r * W * P + (size_t)rp * W;
-            const uint64_t* gy0 = gyb + (size_t)rp * W;
-            for (int c = 0; c < W; ++c) {
-                const int i = r * W + c;
-                for (int w = 0; w < words; ++w) gxv[w] = gxa[(size_t)w * P + i];
-                T* __restrict drow = drow0 + (size_t)c * P;
-                const T* __restrict arow = acc + c * W;
-                if (words == 1) {
-                    const uint64_t g = gxv[0];
-                    for (int j = 0; j < W; ++j)
-                        drow[j] = static_cast<T>(__builtin_popcountll(g & gy0[j])) * (arow[j] + bias);
-                } else if (words == 2) {
-                    const uint64_t g0 = gxv[0], g1 = gxv[1];
-                    const uint64_t* gy1 = gy0 + P;
-                    for (int j = 0; j < W; ++j)
-                        drow[j] = static_cast<T>(__builtin_popcountll(g0 & gy0[j]) + __builtin_popcountll(g1 & gy1[j]))
-                                  * (arow[j] + bias);
-                } else {
-                    for (int j = 0; j < W; ++j) {
-                        int64_t cnt = 0;
-                        for (int w = 0; w < words; ++w) cnt += __builtin_popcountll(gxv[w] & gy0[(size_t)w * P + j]);
-                        drow[j] = static_cast<T>(cnt) * (arow[j] + bias);
-                    }
-                }
-            }
+void from_slabs(const T* __restrict S, T* __restrict M, int H, int W, int tid, int nt) {
+    const int64_t P = (int64_t)H * W;
+    for (int r = tid; r < H; r += nt)
+        for (int c = 0; c < W; ++c)
+            for (int rp = 0; rp < H; ++rp)
+                copy_row(S + (((int64_t)r * H + rp) * W + c) * W, M + ((int64_t)r * W + c) * P + (int64_t)rp * W, W);
+}
+
+// Per-thread buffers: the column-shifted sums of the slabs on one diagonal, a padded slab, one row.
+template <typename T>
+struct Scratch {
+    std::vector<T> tsum, pad, acc;
+    Scratch(int H, int W, int kw) : tsum((size_t)H * W * W), pad((size_t)W * (W + kw)), acc(W) {}
+};
+
+// out[j] = init + sum_k rows[k][j], with the common k = 1, 2, 3 unrolled.
+template <typename T>
+inline void sum_rows(T* __restrict out, const T* const* rows, int k, int W, T init) {
+    const T* __restrict r0 = rows[0];
+    if (k == 3) {
+        const T *__restrict r1 = rows[1], *__restrict r2 = rows[2];
+        for (int j = 0; j < W; ++j) out[j] = init + r0[j] + r1[j] + r2[j];
+    } else if (k == 2) {
+        const T* __restrict r1 = rows[1];
+        for (int j = 0; j < W; ++j) out[j] = init + r0[j] + r1[j];
+    } else {
+        for (int j = 0; j < W; ++j) out[j] = init + r0[j];
+        for (int q = 1; q < k; ++q)
+            for (int j = 0; j < W; ++j) out[j] += rows[q][j];
+    }
+}
+
+// out(c, c') = sum_ox S(c + ox, c' + ox) for one W x W slab S, zero or circular. The slab's rows are
+// copied into `pad` with rx zeros (zero padding) or wrapped entries (circular) on each side, so every
+// shifted add is a full row of W.
+template <typename T>
+void column_sums(const T* __restrict slab, int W, int rx, bool circ, T* __restrict pad, T* __restrict out) {
+    const int PW = W + 2 * rx;
+    for (int c = 0; c < W; ++c) {
+        T* __restrict prow = pad + (size_t)c * PW;
+        const T* __restrict s = slab + (size_t)c * W;
+        for (int q = 0; q < rx; ++q) {
+            prow[q] = circ ? s[wrap(q - rx, W)] : T(0);
+            prow[rx + W + q] = circ ? s[wrap(W + q, W)] : T(0);
+        }
+        for (int j = 0; j < W; ++j) prow[rx + j] = s[j];
+    }
+    const T* rows[64];
+    for (int c = 0; c < W; ++c) {
+        int k = 0;
+        for (int ox = -rx; ox <= rx; ++ox) {
+            int sc = c + ox;
+            if (circ) sc = wrap(sc, W);
+            else if (sc < 0 || sc >= W) continue;
+            rows[k++] = pad + (size_t)sc * PW + rx + ox;
+        }
+        sum_rows(out + (size_t)c * W, rows, k, W, T(0));
+    }
+}
+
+// out[j] = ov(i, (rp, j)) * acc[j] for one output row; ov = sum_w popcount(gx(i)_w & gy(rp, j)_w).
+template <typename T>
+inline void gate_row(T* __restrict out, const T* __restrict acc, const uint64_t* __restrict gxa, int64_t i,
+                     const uint64_t* __restrict gy0, int64_t P, int W, int words) {
+    if (words == 1) {
+        const uint64_t g = gxa[i];
+        for (int j = 0; j < W; ++j) out[j] = static_cast<T>(__builtin_popcountll(g & gy0[j])) * acc[j];
+    } else if (words == 2) {
+        const uint64_t g0 = gxa[i], g1 = gxa[P + i];
+        const uint64_t* __restrict gy1 = gy0 + P;
+        for (int j = 0; j < W; ++j)
+            out[j] = static_cast<T>(__builtin_popcountll(g0 & gy0[j]) + __builtin_popcountll(g1 & gy1[j])) * acc[j];
+    } else {
+        for (int j = 0; j < W; ++j) {
+            int64_t cnt = 0;
+            for (int w = 0; w < words; ++w) cnt += __builtin_popcountll(gxa[(size_t)w * P + i] & gy0[(size_t)w * P + j]);
+            out[j] = static_cast<T>(cnt) * acc[j];
         }
     }
+}
+
+// One layer on diagonal d of the slab grid (slab-major src and dst): output slabs (r, r + d), mod H
+// when circular. Their row shifts read only source slabs of the same diagonal, so diagonals are
+// independent.
+template <typename T>
+void diagonal_step(const T* __restrict src, T* __restrict dst, int H, int W, int d, const Layer& L,
+                   const uint64_t* gxa, const uint64_t* gyb, Scratch<T>& buf) {
+    const int64_t P = (int64_t)H * W;
+    const int ry = L.kh / 2, rx = L.kw / 2;
+    const bool circ = L.circular != 0;
+    const int lo = circ ? 0 : std::max(0, -d), hi = circ ? H : std::min(H, H - d);   // rows r on the diagonal
+    auto col = [&](int r) { return circ ? wrap(r + d, H) : r + d; };
+    const size_t WW = (size_t)W * W;
+    for (int r = lo; r < hi; ++r)
+        column_sums(src + ((size_t)r * H + col(r)) * WW, W, rx, circ, buf.pad.data(), buf.tsum.data() + r * WW);
+    const T bias = static_cast<T>(L.bias);
+    T* acc = buf.acc.data();
+    const T* rows[64];
+    for (int r = lo; r < hi; ++r) {
+        const int rp = col(r);
+        T* out = dst + ((size_t)r * H + rp) * WW;
+        for (int c = 0; c < W; ++c) {
+            int k = 0;
+            for (int oy = -ry; oy <= ry; ++oy) {
+                int sr = r + oy;
+                if (circ) sr = wrap(sr, H);
+                else if (sr < lo || sr >= hi) continue;
+                rows[k++] = buf.tsum.data() + sr * WW + (size_t)c * W;
+            }
+            sum_rows(acc, rows, k, W, bias);
+            gate_row(out + (size_t)c * W, acc, gxa, (int64_t)r * W + c, gyb + (size_t)rp * W, P, W, L.words);
+        }
+    }
+}
+
+// All layers of the run on pair (a, b): M_in -> slabs A -> layers ping-pong A <-> B -> M_out. Work
+// items are split over nt threads (thread tid), with barriers between phases, when nt > 1.
+template <typename T>
+void one_pair(const T* M_in, T* M_out, int64_t a, int64_t b, int H, int W, const std::vector<Layer>& layers,
+              T* A, T* B, Scratch<T>& buf, int tid, int nt) {
+    const int64_t P = (int64_t)H * W;
+    auto sync = [nt] {
+        if (nt > 1) {
+#pragma omp barrier
+        }
+    };
+    to_slabs(M_in, A, H, W, tid, nt);
+    sync();
+    for (const Layer& L : layers) {
+        const int diags = L.circular ? H : 2 * H - 1;
+        for (int q = tid; q < diags; q += nt)
+            diagonal_step(A, B, H, W, L.circular ? q : q - (H - 1), L, L.gx + a * L.words * P, L.gy + b * L.words * P, buf);
+        std::swap(A, B);
+        sync();
+    }
+    from_slabs(A, M_out, H, W, tid, nt);
+    sync();
 }
 
 template <typename T>
 int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layers, const int* kh, const int* kw,
         const int* circular, const double* bias, const int* words, const uint64_t* const* gx,
         const uint64_t* const* gy, int threads) {
-    const int64_t P = (int64_t)H * W, PP = P * P;
+    const int64_t P = (int64_t)H * W, PP = P * P, pairs = n * m;
     std::vector<Layer> layers(n_layers);
+    int kw_max = 1;
     for (int l = 0; l < n_layers; ++l) {
-        if (words[l] < 1 || words[l] > 64) return 1;
+        if (words[l] < 1 || words[l] > 64 || kh[l] > 63 || kw[l] > 63) return 1;
         layers[l] = Layer{kh[l], kw[l], circular[l], bias[l], words[l], gx[l], gy[l]};
+        kw_max = std::max(kw_max, kw[l]);
     }
-#ifdef _OPENMP
-    if (threads > 0) omp_set_num_threads(threads);
-#endif
-#pragma omp parallel
+    threads = std::max(1, threads);
+    const bool by_pair = pairs >= threads;    // else split each pair's layers by diagonals
+    std::unique_ptr<T[]> slabs(new T[(size_t)2 * PP * (by_pair ? threads : 1)]);
+#pragma omp parallel num_threads(threads)
     {
-        std::vector<T> scratch(n_layers > 1 ? PP : 0), acc((size_t)W * W);
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        Scratch<T> buf(H, W, kw_max);
+        if (by_pair) {
+            T* A = slabs.get() + (size_t)2 * PP * tid;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t ab = 0; ab < n * m; ++ab) {
-            const int64_t a = ab / m, b = ab % m;
-            T* out = M_out + ab * PP;
-            const T* src = M_in + ab * PP;
-            for (int l = 0; l < n_layers; ++l) {
-                // ping-pong so that the last layer writes `out`
-                T* dst = ((n_layers - 1 - l) % 2 == 0) ? out : scratch.data();
-                const Layer& L = layers[l];
-                layer_step(src, dst, H, W, L, L.gx + a * L.words * P, L.gy + b * L.words * P, acc.data());
-                src = dst;
-            }
+            for (int64_t ab = 0; ab < pairs; ++ab)
+                one_pair(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, A, A + PP, buf, 0, 1);
+        } else {
+            for (int64_t ab = 0; ab < pairs; ++ab)
+                one_pair(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, slabs.get(), slabs.get() + PP,
+                         buf, tid, nt);
         }
     }
     return 0;
