@@ -17,7 +17,6 @@
 // Plain C ABI (called through ctypes); no torch headers, so it builds in a second.
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
@@ -35,36 +34,15 @@ struct Layer {
 
 inline int wrap(int i, int n) { return ((i % n) + n) % n; }
 
-template <typename T>
-inline void copy_row(const T* __restrict from, T* __restrict to, int W) {
-    for (int j = 0; j < W; ++j) to[j] = from[j];
-}
-
-// The slabs M[(r, :), (r', :)] (W x W) of one pair's P x P kernel, stored slab after slab
-// ((r, r', c, c') order) while a run works on them, so that a slab is 4 KiB of contiguous memory.
-template <typename T>
-void to_slabs(const T* __restrict M, T* __restrict S, int H, int W, int tid, int nt) {
-    const int64_t P = (int64_t)H * W;
-    for (int r = tid; r < H; r += nt)
-        for (int c = 0; c < W; ++c)
-            for (int rp = 0; rp < H; ++rp)
-                copy_row(M + ((int64_t)r * W + c) * P + (int64_t)rp * W, S + (((int64_t)r * H + rp) * W + c) * W, W);
-}
-
-template <typename T>
-void from_slabs(const T* __restrict S, T* __restrict M, int H, int W, int tid, int nt) {
-    const int64_t P = (int64_t)H * W;
-    for (int r = tid; r < H; r += nt)
-        for (int c = 0; c < W; ++c)
-            for (int rp = 0; rp < H; ++rp)
-                copy_row(S + (((int64_t)r * H + rp) * W + c) * W, M + ((int64_t)r * W + c) * P + (int64_t)rp * W, W);
-}
-
 // Per-thread buffers: the column-shifted sums of the slabs on one diagonal, a padded slab, one row.
 template <typename T>
 struct Scratch {
     std::vector<T> tsum, pad, acc;
-    Scratch(int H, int W, int kw) : tsum((size_t)H * W * W), pad((size_t)W * (W + kw)), acc(W) {}
+    void resize(int H, int W, int kw) {
+        tsum.resize(std::max(tsum.size(), (size_t)H * W * W));
+        pad.resize(std::max(pad.size(), (size_t)W * (W + kw)));
+        acc.resize(std::max(acc.size(), (size_t)W));
+    }
 };
 
 // out[j] = init + sum_k rows[k][j], with the common k = 1, 2, 3 unrolled.
@@ -88,11 +66,12 @@ inline void sum_rows(T* __restrict out, const T* const* rows, int k, int W, T in
 // copied into `pad` with rx zeros (zero padding) or wrapped entries (circular) on each side, so every
 // shifted add is a full row of W.
 template <typename T>
-void column_sums(const T* __restrict slab, int W, int rx, bool circ, T* __restrict pad, T* __restrict out) {
+void column_sums(const T* __restrict slab, int64_t stride, int W, int rx, bool circ, T* __restrict pad,
+                 T* __restrict out) {
     const int PW = W + 2 * rx;
     for (int c = 0; c < W; ++c) {
         T* __restrict prow = pad + (size_t)c * PW;
-        const T* __restrict s = slab + (size_t)c * W;
+        const T* __restrict s = slab + (size_t)c * stride;
         for (int q = 0; q < rx; ++q) {
             prow[q] = circ ? s[wrap(q - rx, W)] : T(0);
             prow[rx + W + q] = circ ? s[wrap(W + q, W)] : T(0);
@@ -136,9 +115,21 @@ inline void gate_row(T* __restrict out, const T* __restrict acc, const uint64_t*
 // One layer on diagonal d of the slab grid (slab-major src and dst): output slabs (r, r + d), mod H
 // when circular. Their row shifts read only source slabs of the same diagonal, so diagonals are
 // independent.
+// Where slab (r, r') of a pair's kernel starts, and the stride of its rows: slab-major, or the
+// P x P row-major layout of the tensors npk passes in and gets back.
+constexpr int SLAB_PAD = 16;   // slabs 64 bytes apart from 4 KiB multiples (no 4K aliasing between them)
+struct Layout {
+    int H, W;
+    bool slab_major;
+    int64_t start(int r, int rp) const {
+        return slab_major ? ((int64_t)r * H + rp) * (W * W + SLAB_PAD) : (int64_t)r * W * H * W + (int64_t)rp * W;
+    }
+    int64_t stride() const { return slab_major ? W : (int64_t)H * W; }
+};
+
 template <typename T>
-void diagonal_step(const T* __restrict src, T* __restrict dst, int H, int W, int d, const Layer& L,
-                   const uint64_t* gxa, const uint64_t* gyb, Scratch<T>& buf) {
+void diagonal_step(const T* __restrict src, Layout in, T* __restrict dst, Layout out_layout, int H, int W, int d,
+                   const Layer& L, const uint64_t* gxa, const uint64_t* gyb, Scratch<T>& buf) {
     const int64_t P = (int64_t)H * W;
     const int ry = L.kh / 2, rx = L.kw / 2;
     const bool circ = L.circular != 0;
@@ -146,13 +137,14 @@ void diagonal_step(const T* __restrict src, T* __restrict dst, int H, int W, int
     auto col = [&](int r) { return circ ? wrap(r + d, H) : r + d; };
     const size_t WW = (size_t)W * W;
     for (int r = lo; r < hi; ++r)
-        column_sums(src + ((size_t)r * H + col(r)) * WW, W, rx, circ, buf.pad.data(), buf.tsum.data() + r * WW);
+        column_sums(src + in.start(r, col(r)), in.stride(), W, rx, circ, buf.pad.data(), buf.tsum.data() + r * WW);
     const T bias = static_cast<T>(L.bias);
     T* acc = buf.acc.data();
     const T* rows[64];
     for (int r = lo; r < hi; ++r) {
         const int rp = col(r);
-        T* out = dst + ((size_t)r * H + rp) * WW;
+        T* out = dst + out_layout.start(r, rp);
+        const int64_t ostride = out_layout.stride();
         for (int c = 0; c < W; ++c) {
             int k = 0;
             for (int oy = -ry; oy <= ry; ++oy) {
@@ -162,40 +154,40 @@ void diagonal_step(const T* __restrict src, T* __restrict dst, int H, int W, int
                 rows[k++] = buf.tsum.data() + sr * WW + (size_t)c * W;
             }
             sum_rows(acc, rows, k, W, bias);
-            gate_row(out + (size_t)c * W, acc, gxa, (int64_t)r * W + c, gyb + (size_t)rp * W, P, W, L.words);
+            gate_row(out + c * ostride, acc, gxa, (int64_t)r * W + c, gyb + (size_t)rp * W, P, W, L.words);
         }
     }
 }
 
-// All layers of the run on pair (a, b): M_in -> slabs A -> layers ping-pong A <-> B -> M_out. Work
-// items are split over nt threads (thread tid), with barriers between phases, when nt > 1.
+// All layers of the run on pair (a, b): M_in -> slab-major A <-> B (ping-pong) -> M_out; the first
+// layer reads M_in and the last writes M_out directly. Work items are split over nt threads (thread
+// tid), with barriers between layers, when nt > 1.
 template <typename T>
 void one_pair(const T* M_in, T* M_out, int64_t a, int64_t b, int H, int W, const std::vector<Layer>& layers,
               T* A, T* B, Scratch<T>& buf, int tid, int nt) {
     const int64_t P = (int64_t)H * W;
-    auto sync = [nt] {
+    const Layout flat{H, W, false}, slabs{H, W, true};
+    const int n = (int)layers.size();
+    for (int l = 0; l < n; ++l) {
+        const Layer& L = layers[l];
+        const T* src = l == 0 ? M_in : A;
+        T* dst = l == n - 1 ? M_out : B;
+        const int diags = L.circular ? H : 2 * H - 1;
+        for (int q = tid; q < diags; q += nt)
+            diagonal_step(src, l == 0 ? flat : slabs, dst, l == n - 1 ? flat : slabs, H, W,
+                          L.circular ? q : q - (H - 1), L, L.gx + a * L.words * P, L.gy + b * L.words * P, buf);
+        std::swap(A, B);
         if (nt > 1) {
 #pragma omp barrier
         }
-    };
-    to_slabs(M_in, A, H, W, tid, nt);
-    sync();
-    for (const Layer& L : layers) {
-        const int diags = L.circular ? H : 2 * H - 1;
-        for (int q = tid; q < diags; q += nt)
-            diagonal_step(A, B, H, W, L.circular ? q : q - (H - 1), L, L.gx + a * L.words * P, L.gy + b * L.words * P, buf);
-        std::swap(A, B);
-        sync();
     }
-    from_slabs(A, M_out, H, W, tid, nt);
-    sync();
 }
 
 template <typename T>
 int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layers, const int* kh, const int* kw,
         const int* circular, const double* bias, const int* words, const uint64_t* const* gx,
         const uint64_t* const* gy, int threads) {
-    const int64_t P = (int64_t)H * W, PP = P * P, pairs = n * m;
+    const int64_t P = (int64_t)H * W, PP = P * P, pairs = n * m, SPP = (int64_t)H * H * (W * W + SLAB_PAD);
     std::vector<Layer> layers(n_layers);
     int kw_max = 1;
     for (int l = 0; l < n_layers; ++l) {
@@ -205,7 +197,10 @@ int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layer
     }
     threads = std::max(1, threads);
     const bool by_pair = pairs >= threads;    // else split each pair's layers by diagonals
-    std::unique_ptr<T[]> slabs(new T[(size_t)2 * PP * (by_pair ? threads : 1)]);
+    // buffers kept between calls (a fresh one would be page-faulted in at every call)
+    static thread_local std::vector<T> slabs;
+    slabs.resize(std::max(slabs.size(), (size_t)2 * SPP * (by_pair ? threads : 1)));
+    T* const pool = slabs.data();   // the calling thread's buffer, shared with the team
 #pragma omp parallel num_threads(threads)
     {
         int tid = 0, nt = 1;
@@ -213,15 +208,16 @@ int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layer
         tid = omp_get_thread_num();
         nt = omp_get_num_threads();
 #endif
-        Scratch<T> buf(H, W, kw_max);
+        static thread_local Scratch<T> buf;
+        buf.resize(H, W, kw_max);
         if (by_pair) {
-            T* A = slabs.get() + (size_t)2 * PP * tid;
+            T* A = pool + (size_t)2 * SPP * tid;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t ab = 0; ab < pairs; ++ab)
-                one_pair(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, A, A + PP, buf, 0, 1);
+                one_pair(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, A, A + SPP, buf, 0, 1);
         } else {
             for (int64_t ab = 0; ab < pairs; ++ab)
-                one_pair(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, slabs.get(), slabs.get() + PP,
+                one_pair(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, pool, pool + SPP,
                          buf, tid, nt);
         }
     }
