@@ -112,21 +112,25 @@ inline void gate_row(T* __restrict out, const T* __restrict acc, const uint64_t*
     }
 }
 
-// One layer on diagonal d of the slab grid (slab-major src and dst): output slabs (r, r + d), mod H
-// when circular. Their row shifts read only source slabs of the same diagonal, so diagonals are
-// independent.
-// Where slab (r, r') of a pair's kernel starts, and the stride of its rows: slab-major, or the
-// P x P row-major layout of the tensors npk passes in and gets back.
-constexpr int SLAB_PAD = 16;   // slabs 64 bytes apart from 4 KiB multiples (no 4K aliasing between them)
+// Where slab (r, r') of a pair's kernel starts, and the stride of its rows: the P x P row-major
+// layout of the tensors npk passes in and gets back ("flat"), or diagonal-major, the run's own: the
+// slabs of each diagonal t = r' - r + H - 1 one after the other, so that a walk along a diagonal
+// reads and writes contiguous memory. Diagonal t holds min(t + 1, 2H - 1 - t) slabs.
+constexpr int SLAB_PAD = 16;   // slabs 64 bytes off 4 KiB multiples (no 4K aliasing between them)
 struct Layout {
     int H, W;
-    bool slab_major;
+    bool flat;
     int64_t start(int r, int rp) const {
-        return slab_major ? ((int64_t)r * H + rp) * (W * W + SLAB_PAD) : (int64_t)r * W * H * W + (int64_t)rp * W;
+        if (flat) return (int64_t)r * W * H * W + (int64_t)rp * W;
+        const int64_t t = rp - r + H - 1;
+        const int64_t before = t <= H - 1 ? t * (t + 1) / 2 : (int64_t)H * (H - 1) / 2 + (3 * H - t) * (t - H + 1) / 2;
+        return (before + r - std::max(0, r - rp)) * ((int64_t)W * W + SLAB_PAD);
     }
-    int64_t stride() const { return slab_major ? W : (int64_t)H * W; }
+    int64_t stride() const { return flat ? (int64_t)H * W : W; }
 };
 
+// One layer on diagonal d of the slab grid: output slabs (r, r + d), mod H when circular. Their row
+// shifts read only source slabs of the same diagonal, so diagonals are independent.
 template <typename T>
 void diagonal_step(const T* __restrict src, Layout in, T* __restrict dst, Layout out_layout, int H, int W, int d,
                    const Layer& L, const uint64_t* gxa, const uint64_t* gyb, Scratch<T>& buf) {
@@ -136,8 +140,16 @@ void diagonal_step(const T* __restrict src, Layout in, T* __restrict dst, Layout
     const int lo = circ ? 0 : std::max(0, -d), hi = circ ? H : std::min(H, H - d);   // rows r on the diagonal
     auto col = [&](int r) { return circ ? wrap(r + d, H) : r + d; };
     const size_t WW = (size_t)W * W;
-    for (int r = lo; r < hi; ++r)
-        column_sums(src + in.start(r, col(r)), in.stride(), W, rx, circ, buf.pad.data(), buf.tsum.data() + r * WW);
+    const int64_t istride = in.stride();
+    for (int r = lo; r < hi; ++r) {
+        if (r + 1 < hi) {   // the next slab of the diagonal, while this one is summed
+            const char* next = reinterpret_cast<const char*>(src + in.start(r + 1, col(r + 1)));
+            for (int c = 0; c < W; ++c)
+                for (size_t byte = 0; byte < W * sizeof(T); byte += 64)
+                    __builtin_prefetch(next + c * istride * sizeof(T) + byte);
+        }
+        column_sums(src + in.start(r, col(r)), istride, W, rx, circ, buf.pad.data(), buf.tsum.data() + r * WW);
+    }
     const T bias = static_cast<T>(L.bias);
     T* acc = buf.acc.data();
     const T* rows[64];
@@ -166,7 +178,7 @@ template <typename T>
 void one_pair(const T* M_in, T* M_out, int64_t a, int64_t b, int H, int W, const std::vector<Layer>& layers,
               T* A, T* B, Scratch<T>& buf, int tid, int nt) {
     const int64_t P = (int64_t)H * W;
-    const Layout flat{H, W, false}, slabs{H, W, true};
+    const Layout flat{H, W, true}, slabs{H, W, false};
     const int n = (int)layers.size();
     for (int l = 0; l < n; ++l) {
         const Layer& L = layers[l];
