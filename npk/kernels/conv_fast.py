@@ -39,6 +39,7 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import graph
 
@@ -109,7 +110,7 @@ def fused_run(ops: Sequence[graph.Op], start: int, M: torch.Tensor, ctx) -> tupl
     there is no run there or the backend is "off" (the caller then applies ops[start] generically).
 
     ctx carries the block's gates (ctx.gx, ctx.gy: one tensor (n, C, *S) per gated layer, float, bool
-    or uint8) and a dict ctx.cache for their packed forms.
+    or uint8).
     """
     convs = conv_run(ops, start)
     name = _state["backend"]
@@ -133,18 +134,52 @@ def _extension_applies(M: torch.Tensor, ctx, layers: list[int]) -> bool:
 
 def hard_gates(ctx, layers: list[int]) -> bool:
     """Whether the gates of `layers` are all 0/1: bool / uint8 by type (uint8 gates hold 0 or 1); float
-    by value on CPU (one check per block, cached in ctx.cache); float on another device counts as soft,
+    by value on CPU (once per gate tensor, see `_cached`); float on another device counts as soft,
     to avoid a host sync."""
-    key = ("hard", tuple(layers))
-    if key not in ctx.cache:
-        gates = [g for l in layers for g in (ctx.gx[l], ctx.gy[l])]
-        if all(g.dtype in (torch.bool, torch.uint8) for g in gates):
-            ctx.cache[key] = True
-        elif gates[0].device.type != "cpu":
-            ctx.cache[key] = False
-        else:
-            ctx.cache[key] = all(bool(((g == 0) | (g == 1)).all()) for g in gates)
-    return ctx.cache[key]
+    gates = [g for l in layers for g in (ctx.gx[l], ctx.gy[l])]
+    if all(g.dtype in (torch.bool, torch.uint8) for g in gates):
+        return True
+    if gates[0].device.type != "cpu":
+        return False
+    return all(_is_hard(g) for g in gates)
+
+
+# per gate tensor (the whole tensor a block's gates are row slices of): its 0/1 check and its packed
+# bits, so that a Gram driver slicing tiles out of it checks and packs each sample once, not once a tile
+_CACHE = WeakIdKeyDictionary()
+
+
+def _cached(g: torch.Tensor) -> tuple[dict, torch.Tensor, slice]:
+    """The cache entry of the tensor g is a row slice of (dropped when that tensor changes in place)."""
+    base, start = _rows_of(g)
+    entry = _CACHE.get(base)
+    if entry is None or entry["version"] != base._version:
+        entry = _CACHE[base] = {"version": base._version}
+    return entry, base, slice(start, start + len(g))
+
+
+def _is_hard(g: torch.Tensor) -> bool:
+    entry, base, _ = _cached(g)
+    if "hard" not in entry:
+        entry["hard"] = bool(((base == 0) | (base == 1)).all())
+    return entry["hard"]
+
+
+def _packed(g: torch.Tensor) -> torch.Tensor:
+    entry, base, rows = _cached(g)
+    if "packed" not in entry:
+        entry["packed"] = pack_bits(base)
+    return entry["packed"][rows]
+
+
+def _rows_of(g: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(base, first row) when g is a contiguous block of whole rows of the contiguous tensor it views, else (g, 0)."""
+    base = g._base
+    if (base is None or base.shape[1:] != g.shape[1:] or base.dtype != g.dtype or not base.is_contiguous()
+            or not g.is_contiguous() or g.numel() == 0):
+        return g, 0
+    offset, row = g.storage_offset() - base.storage_offset(), math.prod(g.shape[1:])
+    return (base, offset // row) if offset % row == 0 else (g, 0)
 
 
 # ------------------------------------------------------------------------------- extension backend
@@ -163,13 +198,6 @@ def pack_bits(g: torch.Tensor) -> torch.Tensor:
     return bytes_.transpose(2, 3).contiguous().view(torch.int64).reshape(n, words, P)
 
 
-def _packed(ctx, side: str, layer: int) -> torch.Tensor:
-    key = (side, layer)
-    if key not in ctx.cache:
-        ctx.cache[key] = pack_bits(getattr(ctx, side)[layer])
-    return ctx.cache[key]
-
-
 def _run_extension(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
     lib = extension()
     d = (M.dim() - 2) // 2
@@ -177,8 +205,8 @@ def _run_extension(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
     H, W = (1, spatial[0]) if d == 1 else tuple(spatial)
     M = M.contiguous()
     out = torch.empty_like(M)
-    gx = [_packed(ctx, "gx", l) for l in layers]
-    gy = [_packed(ctx, "gy", l) for l in layers]
+    gx = [_packed(ctx.gx[l]) for l in layers]
+    gy = [_packed(ctx.gy[l]) for l in layers]
     L = len(convs)
     ints = lambda values: (ctypes.c_int * L)(*values)                                  # noqa: E731
     ptrs = lambda tensors: (ctypes.c_void_p * L)(*[t.data_ptr() for t in tensors])     # noqa: E731

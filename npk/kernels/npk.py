@@ -21,7 +21,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import singledispatch
 from pathlib import Path
 from typing import Sequence
@@ -94,7 +94,6 @@ class GatePair:
 
     gx: Sequence[torch.Tensor]
     gy: Sequence[torch.Tensor]
-    cache: dict = field(default_factory=dict, repr=False)   # the block's packed gates (npk.kernels.conv_fast)
 
 
 def propagate(ops: Sequence[graph.Op], M: torch.Tensor, ctx: GatePair) -> torch.Tensor:
