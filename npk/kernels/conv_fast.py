@@ -195,7 +195,7 @@ def pack_bits(g: torch.Tensor) -> torch.Tensor:
     bits = F.pad((g.reshape(n, C, P) != 0).to(torch.uint8), (0, 0, 0, 64 * words - C))
     weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=g.device).view(1, 1, 1, 8, 1)
     bytes_ = (bits.reshape(n, words, 8, 8, P) * weights).sum(3, dtype=torch.uint8)     # (n, words, byte, P)
-    return bytes_.transpose(2, 3).contiguous().view(torch.int64).reshape(n, words, P)
+    return bytes_.transpose(2, 3).reshape(-1).view(torch.int64).reshape(n, words, P)
 
 
 def _run_extension(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
@@ -234,11 +234,13 @@ def _run_torch(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
     return M
 
 
-def exact_overlap(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype, hard: bool) -> torch.Tensor:
+def exact_overlap(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype, hard: bool,
+                  low: torch.dtype | None = None) -> torch.Tensor:
     """ov(i, i') = sum_c A(i, c) B(i', c) for A (n, C, *S), B (m, C, *S), shape (n, m, *S, *S), in `dtype`.
 
-    With hard (0/1) gates the GEMMs run in bfloat16 (CPU) or float16 (CUDA) over channel chunks small
-    enough that every sum is an integer the format holds exactly; otherwise in `dtype`.
+    With hard (0/1) gates the GEMMs run in `low` (default: bfloat16 on CPU, float16 on CUDA) over
+    channel chunks small enough that every sum is an integer the format holds exactly; otherwise in
+    `dtype`.
 
     Example:
         >>> g = torch.ones(1, 300, 2)
@@ -247,7 +249,7 @@ def exact_overlap(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype, hard: bo
                 [300., 300.]])
     """
     from .npk import overlap
-    low = torch.float16 if A.device.type == "cuda" else torch.bfloat16
+    low = low or (torch.float16 if A.device.type == "cuda" else torch.bfloat16)
     if not hard:
         return overlap(A.to(dtype), B.to(dtype))
     chunk = EXACT_CHUNK[low]
