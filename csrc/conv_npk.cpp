@@ -171,12 +171,13 @@ void diagonal_step(const T* __restrict src, Layout in, T* __restrict dst, Layout
     }
 }
 
-// All layers of the run on pair (a, b): M_in -> slab-major A <-> B (ping-pong) -> M_out; the first
-// layer reads M_in and the last writes M_out directly. Work items are split over nt threads (thread
-// tid), with barriers between layers, when nt > 1.
-template <typename T>
+// All layers of the run on pair (a, b): M_in -> diagonal-major A <-> B (ping-pong) -> M_out; the
+// first layer reads M_in and the last writes M_out directly. Split: called by every thread of a
+// parallel region, which share each layer's diagonals first come, first served (a busy machine may
+// stall a thread; the others take its share) with a barrier between layers.
+template <bool Split, typename T>
 void one_pair(const T* M_in, T* M_out, int64_t a, int64_t b, int H, int W, const std::vector<Layer>& layers,
-              T* A, T* B, Scratch<T>& buf, int tid, int nt) {
+              T* A, T* B, Scratch<T>& buf) {
     const int64_t P = (int64_t)H * W;
     const Layout flat{H, W, true}, slabs{H, W, false};
     const int n = (int)layers.size();
@@ -185,13 +186,17 @@ void one_pair(const T* M_in, T* M_out, int64_t a, int64_t b, int H, int W, const
         const T* src = l == 0 ? M_in : A;
         T* dst = l == n - 1 ? M_out : B;
         const int diags = L.circular ? H : 2 * H - 1;
-        for (int q = tid; q < diags; q += nt)
+        auto step = [&](int q) {
             diagonal_step(src, l == 0 ? flat : slabs, dst, l == n - 1 ? flat : slabs, H, W,
                           L.circular ? q : q - (H - 1), L, L.gx + a * L.words * P, L.gy + b * L.words * P, buf);
-        std::swap(A, B);
-        if (nt > 1) {
-#pragma omp barrier
+        };
+        if constexpr (Split) {
+#pragma omp for schedule(dynamic, 1)
+            for (int q = 0; q < diags; ++q) step(q);
+        } else {
+            for (int q = 0; q < diags; ++q) step(q);
         }
+        std::swap(A, B);
     }
 }
 
@@ -215,10 +220,9 @@ int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layer
     T* const pool = slabs.data();   // the calling thread's buffer, shared with the team
 #pragma omp parallel num_threads(threads)
     {
-        int tid = 0, nt = 1;
+        int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
-        nt = omp_get_num_threads();
 #endif
         static thread_local Scratch<T> buf;
         buf.resize(H, W, kw_max);
@@ -226,11 +230,10 @@ int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layer
             T* A = pool + (size_t)2 * SPP * tid;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t ab = 0; ab < pairs; ++ab)
-                one_pair(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, A, A + SPP, buf, 0, 1);
+                one_pair<false>(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, A, A + SPP, buf);
         } else {
             for (int64_t ab = 0; ab < pairs; ++ab)
-                one_pair(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, pool, pool + SPP,
-                         buf, tid, nt);
+                one_pair<true>(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, pool, pool + SPP, buf);
         }
     }
     return 0;

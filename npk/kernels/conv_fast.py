@@ -17,7 +17,8 @@ not handle, goes to the generic rules, so a new op needs no change here. Two bac
 - `torch` (any device; soft gates; CPU without the extension): the generic rules with an exact
   low-precision GEMM for 0/1 overlaps (bfloat16 on CPU for up to 256 channels a chunk, float16 on
   CUDA for up to 2,048: every partial sum is an integer that these formats hold exactly), and the
-  model's dtype for soft gates. No host sync and no CPU-only op in its loop.
+  model's dtype for soft gates. No CPU-only op in its loop, and no host sync but the one 0/1 check
+  of each gate tensor, cached for the whole Gram.
 
 Why (C4GAP-128, 32 x 32 x 3, float32, this project's 2-core AMD EPYC with AVX-512 VPOPCNTDQ, see the
 README): the overlaps of a pair cost 1.07 GFLOP as fp32 GEMMs (about 12 ms at the measured 90 GFLOP/s
@@ -133,15 +134,10 @@ def _extension_applies(M: torch.Tensor, ctx, layers: list[int]) -> bool:
 
 
 def hard_gates(ctx, layers: list[int]) -> bool:
-    """Whether the gates of `layers` are all 0/1: bool / uint8 by type (uint8 gates hold 0 or 1); float
-    by value on CPU (once per gate tensor, see `_cached`); float on another device counts as soft,
-    to avoid a host sync."""
+    """Whether the gates of `layers` are all 0/1: bool / uint8 by type (uint8 gates hold 0 or 1), float
+    by value, checked once per gate tensor (see `_cached`): one host sync per Gram, not one per tile."""
     gates = [g for l in layers for g in (ctx.gx[l], ctx.gy[l])]
-    if all(g.dtype in (torch.bool, torch.uint8) for g in gates):
-        return True
-    if gates[0].device.type != "cpu":
-        return False
-    return all(_is_hard(g) for g in gates)
+    return all(g.dtype in (torch.bool, torch.uint8) or _is_hard(g) for g in gates)
 
 
 # per gate tensor (the whole tensor a block's gates are row slices of): its 0/1 check and its packed
