@@ -9,13 +9,13 @@ readout (npk.models.conv.C4GAP), hard gates (a ReLU net, He init), float32. Case
            else random images of that shape) through C4GAP-64: the first --cifar-rows rows of it are
            computed against all 1,000 images (so gates and memory are those of the whole Gram) and
            the time is extrapolated to its 500,500 distinct pairs.
-Methods, each in its own subprocess (wall seconds after a warm-up; peak memory = growth of the peak
-RSS once model and data are built, or torch.cuda.max_memory_allocated): "npk" (the default path,
+Methods, each in its own subprocess (wall seconds after a warm-up; peak memory = peak RSS (VmHWM,
+reset once model and data are built) minus the RSS then, or torch.cuda's): "npk" (the default path,
 npk.kernels.conv_fast) on all images, and "today" (the generic pair-propagation rules, backend "off")
 on the first few; both must agree on those.
 
-The floor. In the same run the script measures the device's GEMM rates (fp32, and the exact 0/1 formats:
-bf16 and int8 on a CPU, fp16 on CUDA), the rate of 64-bit AND + popcount (the compiled probe of the
+The floor. In the same run the script measures the device's GEMM rates (fp32, and the format that is
+exact for 0/1 gates: bf16 on a CPU, fp16 on CUDA), the rate of 64-bit AND + popcount (the compiled probe of the
 conv NPK extension, CPU only) and the memory bandwidth (a large copy). A pair costs L P^2 C
 multiply-adds of gate overlaps (L gated layers, P positions, C channels), or L P^2 ceil(C / 64) word
 ANDs and popcounts, and at least one read and one write of its P x P pair kernel per layer. The floor of
@@ -70,15 +70,11 @@ def machine_rates(device: str) -> dict:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rates = {}
     formats = {"fp32 GEMM": torch.float32, "fp16 GEMM": torch.float16} if device == "cuda" else \
-        {"fp32 GEMM": torch.float32, "bf16 GEMM": torch.bfloat16, "int8 GEMM": torch.int8}
+        {"fp32 GEMM": torch.float32, "bf16 GEMM": torch.bfloat16}
     for name, dtype in formats.items():
         a = (torch.rand(1024, 128, device=device) > 0.5).to(dtype)
-        b = (torch.rand(1024, 128, device=device) > 0.5).to(dtype).T
-        mm = (lambda: torch._int_mm(a, b)) if dtype == torch.int8 else (lambda: a @ b)
-        try:
-            rates[name] = 2 * 1024 * 1024 * 128 / best_seconds(mm, sync=sync)
-        except RuntimeError:                                   # no int8 GEMM in this torch build
-            pass
+        b = (torch.rand(128, 1024, device=device) > 0.5).to(dtype)
+        rates[name] = 2 * 1024 * 1024 * 128 / best_seconds(lambda: a @ b, sync=sync)
     lib = conv_fast.extension()
     if device == "cpu" and lib is not None:
         import ctypes
@@ -119,11 +115,32 @@ def images(case: str, n: int, cifar_root: str | None) -> tuple[torch.Tensor, str
     return torch.randn(n, spec["in_channels"], spec["size"], spec["size"], generator=gen), "random N(0, 1)"
 
 
+def reset_peak(device: str) -> float:
+    """Restart the peak-memory count (Linux: clear_refs resets VmHWM); returns the memory in use, MiB."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_mib("VmRSS")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_mib(device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        return _status_mib("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mib(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
 
 
 def worker(job: dict) -> dict:
@@ -135,9 +152,7 @@ def worker(job: dict) -> dict:
     X, source = images(job["case"], job["n"], job.get("cifar_root"))
     X = X.to(device)
     rows = job["rows"] or len(X)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    before = peak_mib(device)                   # growth from here on, warm-up included
+    before = reset_peak(device)                 # growth from here on, warm-up included
     with conv_fast.backend(job["backend"]):
         npk_gram(model, X[:2], progress=False)                                   # warm-up
         start = time.perf_counter()
