@@ -6,14 +6,14 @@
 // with o over the kh x kw kernel offsets and i + o, i' + o inside the image (zero padding) or taken
 // modulo the image size (circular padding). The gates are bit-packed: gx of one sample is `words`
 // rows of P 64-bit words (channel 64 w + b is bit b of word w), so an overlap is `words` ANDs and
-// popcounts. A run first copies the pair's M into slab-major order (the W x W slabs
-// M[(r, :), (r', :)] each contiguous) and back at the end. The offset sum is separable: along the
-// columns, T(r, r') = sum_ox of slab (r, r') shifted by (ox, ox), computed once per slab from a
-// zero- or wrap-padded copy; along the rows, the slabs (r + oy, r' + oy) lie on the same diagonal
-// r' - r of the slab grid, so the work goes one diagonal at a time (its T slabs in L2), and each
-// output row is summed, multiplied by the overlaps (computed on the fly, never stored) and written
-// once. All layers of the run are applied to one pair before the next (the pair's M stays in
-// cache); pairs are spread over OpenMP threads, or, with fewer pairs than threads, the diagonals.
+// popcounts. Both the offset sum and the gate product keep r' - r fixed, so the slabs
+// M[(r, :), (r', :)] (W x W) of one diagonal r' - r = d of the slab grid (mod H when circular) go
+// through all the layers of the run without the rest of M: the work is (pair, diagonal) items, each
+// read once from M_in, carried through the layers in two small buffers that stay in L2, and written
+// once to M_out; items are spread over OpenMP threads with no barrier. Within a layer the offset
+// sum is separable: along the columns, T(r, r') = sum_ox of slab (r, r') shifted by (ox, ox), once
+// per slab from a zero- or wrap-padded copy; along the rows, sum_oy T(r + oy, r' + oy), summed
+// row by row, multiplied by the overlaps (computed on the fly, never stored) and written once.
 // Plain C ABI (called through ctypes); no torch headers, so it builds in a second.
 #include <algorithm>
 #include <cstdint>
@@ -112,19 +112,16 @@ inline void gate_row(T* __restrict out, const T* __restrict acc, const uint64_t*
     }
 }
 
-// Where slab (r, r') of a pair's kernel starts, and the stride of its rows: the P x P row-major
-// layout of the tensors npk passes in and gets back ("flat"), or diagonal-major, the run's own: the
-// slabs of each diagonal t = r' - r + H - 1 one after the other, so that a walk along a diagonal
-// reads and writes contiguous memory. Diagonal t holds min(t + 1, 2H - 1 - t) slabs.
+// Where slab (r, r') of a pair's kernel starts, and the stride of its rows: in the P x P row-major
+// layout of the tensors npk passes in and gets back ("flat"), or in a buffer holding one diagonal,
+// its slabs one after the other from row `lo` on.
 constexpr int SLAB_PAD = 16;   // slabs 64 bytes off 4 KiB multiples (no 4K aliasing between them)
 struct Layout {
-    int H, W;
+    int H, W, lo;
     bool flat;
     int64_t start(int r, int rp) const {
         if (flat) return (int64_t)r * W * H * W + (int64_t)rp * W;
-        const int64_t t = rp - r + H - 1;
-        const int64_t before = t <= H - 1 ? t * (t + 1) / 2 : (int64_t)H * (H - 1) / 2 + (3 * H - t) * (t - H + 1) / 2;
-        return (before + r - std::max(0, r - rp)) * ((int64_t)W * W + SLAB_PAD);
+        return (int64_t)(r - lo) * ((int64_t)W * W + SLAB_PAD);
     }
     int64_t stride() const { return flat ? (int64_t)H * W : W; }
 };
@@ -171,69 +168,41 @@ void diagonal_step(const T* __restrict src, Layout in, T* __restrict dst, Layout
     }
 }
 
-// All layers of the run on pair (a, b): M_in -> diagonal-major A <-> B (ping-pong) -> M_out; the
-// first layer reads M_in and the last writes M_out directly. Split: called by every thread of a
-// parallel region, which share each layer's diagonals first come, first served (a busy machine may
-// stall a thread; the others take its share) with a barrier between layers.
-template <bool Split, typename T>
-void one_pair(const T* M_in, T* M_out, int64_t a, int64_t b, int H, int W, const std::vector<Layer>& layers,
-              T* A, T* B, Scratch<T>& buf) {
-    const int64_t P = (int64_t)H * W;
-    const Layout flat{H, W, true}, slabs{H, W, false};
-    const int n = (int)layers.size();
-    for (int l = 0; l < n; ++l) {
-        const Layer& L = layers[l];
-        const T* src = l == 0 ? M_in : A;
-        T* dst = l == n - 1 ? M_out : B;
-        const int diags = L.circular ? H : 2 * H - 1;
-        auto step = [&](int q) {
-            diagonal_step(src, l == 0 ? flat : slabs, dst, l == n - 1 ? flat : slabs, H, W,
-                          L.circular ? q : q - (H - 1), L, L.gx + a * L.words * P, L.gy + b * L.words * P, buf);
-        };
-        if constexpr (Split) {
-#pragma omp for schedule(dynamic, 1)
-            for (int q = 0; q < diags; ++q) step(q);
-        } else {
-            for (int q = 0; q < diags; ++q) step(q);
-        }
-        std::swap(A, B);
-    }
-}
-
 template <typename T>
 int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layers, const int* kh, const int* kw,
         const int* circular, const double* bias, const int* words, const uint64_t* const* gx,
         const uint64_t* const* gy, int threads) {
-    const int64_t P = (int64_t)H * W, PP = P * P, pairs = n * m, SPP = (int64_t)H * H * (W * W + SLAB_PAD);
+    const int64_t P = (int64_t)H * W, PP = P * P;
     std::vector<Layer> layers(n_layers);
     int kw_max = 1;
     for (int l = 0; l < n_layers; ++l) {
         if (words[l] < 1 || words[l] > 64 || kh[l] > 63 || kw[l] > 63) return 1;
+        if (circular[l] != circular[0]) return 2;    // zero and circular diagonals differ
         layers[l] = Layer{kh[l], kw[l], circular[l], bias[l], words[l], gx[l], gy[l]};
         kw_max = std::max(kw_max, kw[l]);
     }
-    threads = std::max(1, threads);
-    const bool by_pair = pairs >= threads;    // else split each pair's layers by diagonals
-    // buffers kept between calls (a fresh one would be page-faulted in at every call)
-    static thread_local std::vector<T> slabs;
-    slabs.resize(std::max(slabs.size(), (size_t)2 * SPP * (by_pair ? threads : 1)));
-    T* const pool = slabs.data();   // the calling thread's buffer, shared with the team
-#pragma omp parallel num_threads(threads)
+    const bool circ = circular[0] != 0;
+    const int diags = circ ? H : 2 * H - 1;
+    const int64_t items = n * m * diags, slab = (int64_t)W * W + SLAB_PAD;
+#pragma omp parallel num_threads(std::max(1, threads))
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        static thread_local Scratch<T> buf;
+        static thread_local Scratch<T> buf;      // kept between calls (no page faults per call)
         buf.resize(H, W, kw_max);
-        if (by_pair) {
-            T* A = pool + (size_t)2 * SPP * tid;
+        static thread_local std::vector<T> ping;
+        ping.resize(std::max(ping.size(), (size_t)(2 * H * slab)));
 #pragma omp for schedule(dynamic, 1)
-            for (int64_t ab = 0; ab < pairs; ++ab)
-                one_pair<false>(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, A, A + SPP, buf);
-        } else {
-            for (int64_t ab = 0; ab < pairs; ++ab)
-                one_pair<true>(M_in + ab * PP, M_out + ab * PP, ab / m, ab % m, H, W, layers, pool, pool + SPP, buf);
+        for (int64_t item = 0; item < items; ++item) {
+            const int64_t ab = item / diags, a = ab / m, b = ab % m;
+            const int q = (int)(item % diags), d = circ ? q : q - (H - 1), lo = circ ? 0 : std::max(0, -d);
+            const Layout flat{H, W, 0, true}, local{H, W, lo, false};
+            T *A = ping.data(), *B = ping.data() + H * slab;
+            for (int l = 0; l < n_layers; ++l) {
+                const Layer& L = layers[l];
+                const bool first = l == 0, last = l == n_layers - 1;
+                diagonal_step(first ? M_in + ab * PP : A, first ? flat : local, last ? M_out + ab * PP : B,
+                              last ? flat : local, H, W, d, L, L.gx + a * L.words * P, L.gy + b * L.words * P, buf);
+                std::swap(A, B);
+            }
         }
     }
     return 0;

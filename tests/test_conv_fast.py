@@ -127,10 +127,13 @@ def test_single_pair_blocks_on_two_threads_split_the_diagonals():
 
 
 def test_convs_the_kernel_does_not_handle_go_to_the_generic_rules():
-    """Strided or dilated convs (rules another module may add) end a run; "off" disables runs."""
+    """Strided or dilated convs (rules another module may add) and a change of padding end a run; "off"
+    disables runs."""
     ops = [conv(2, 2, 2, 3, "zeros", False), graph.Gate(0), conv(2, 2, 2, 3, "zeros", False), graph.Gate(1),
            graph.GlobalAvgPool(), graph.Readout(nn.Linear(2, 1))]
     assert conv_fast.conv_run(ops, 0) == [ops[0], ops[2]]
+    mixed = ops[:2] + [conv(2, 2, 2, 3, "circular", False)] + ops[3:]
+    assert conv_fast.conv_run(mixed, 0) == [mixed[0]] and conv_fast.conv_run(mixed, 2) == [mixed[2]]
     ops[2].module.stride = (2, 2)
     assert conv_fast.conv_run(ops, 0) == [ops[0]]
     ops[0].module.dilation = (2, 1)

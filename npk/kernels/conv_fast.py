@@ -11,9 +11,10 @@ not handle, goes to the generic rules, so a new op needs no change here. Two bac
 - `extension` (CPU, hard 0/1 gates, float32 / float64): the C++ kernel of `csrc/conv_npk.cpp`, built
   by `make install` as `npk/kernels/_conv_npk*.so`. Gates are bit-packed, 64 channels a word, so an
   overlap is ceil(C / 64) ANDs and popcounts, exact in integers, computed where it is used and never
-  stored; the shifted sums of an output slab are accumulated in L1; all layers of a run are applied
-  to one pair before the next (its M stays in cache), pairs spread over OpenMP threads. M is read
-  and written about once per layer.
+  stored. The offset sum and the gate product both keep i' - i's row offset fixed, so each diagonal
+  of W x W slabs of M goes through all layers of the run on its own, in L2: M is read once and
+  written once per run, not once per layer, and (pair, diagonal) items spread over OpenMP threads
+  with no barrier.
 - `torch` (any device; soft gates; CPU without the extension): the generic rules with an exact
   low-precision GEMM for 0/1 overlaps (bfloat16 on CPU for up to 256 channels a chunk, float16 on
   CUDA for up to 2,048: every partial sum is an integer that these formats hold exactly), and the
@@ -87,10 +88,12 @@ def extension() -> ctypes.CDLL | None:
 
 # ------------------------------------------------------------------------------------ the run
 def conv_run(ops: Sequence[graph.Op], start: int) -> list[graph.Linear]:
-    """The conv Linears of the longest run of [conv Linear, Gate] pairs at ops[start:] that this module handles."""
+    """The conv Linears of the longest run of [conv Linear, Gate] pairs at ops[start:] that this module
+    handles, all with the same padding mode (the kernel splits the work by diagonals, which differ)."""
     convs = []
     i = start
-    while i + 1 < len(ops) and _handled(ops[i]) and isinstance(ops[i + 1], graph.Gate):
+    while (i + 1 < len(ops) and _handled(ops[i]) and isinstance(ops[i + 1], graph.Gate)
+           and (not convs or ops[i].circular == convs[0].circular)):
         convs.append(ops[i])
         i += 2
     return convs
