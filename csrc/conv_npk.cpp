@@ -45,6 +45,15 @@ struct Scratch {
     }
 };
 
+// The rx entries on each side of a row of W: zeros, or the row's wrapped entries (circular).
+template <typename T>
+inline void fill_halo(T* row, int W, int rx, bool circ) {
+    for (int q = 0; q < rx; ++q) {
+        row[q - rx] = circ ? row[wrap(q - rx, W)] : T(0);
+        row[W + q] = circ ? row[wrap(q, W)] : T(0);
+    }
+}
+
 // out[j] = init + sum_k rows[k][j], with the common k = 1, 2, 3 unrolled.
 template <typename T>
 inline void sum_rows(T* __restrict out, const T* const* rows, int k, int W, T init) {
@@ -62,21 +71,23 @@ inline void sum_rows(T* __restrict out, const T* const* rows, int k, int W, T in
     }
 }
 
-// out(c, c') = sum_ox S(c + ox, c' + ox) for one W x W slab S, zero or circular. The slab's rows are
-// copied into `pad` with rx zeros (zero padding) or wrapped entries (circular) on each side, so every
-// shifted add is a full row of W.
+// out(c, c') = sum_ox S(c + ox, c' + ox) for one W x W slab S (row c at slab + c * stride), zero or
+// circular. Rows of a `padded` slab already hold rx zeros (zero padding) or wrapped entries
+// (circular) on each side; other slabs are first copied into `pad` so. Every shifted add is then a
+// full row of W.
 template <typename T>
-void column_sums(const T* __restrict slab, int64_t stride, int W, int rx, bool circ, T* __restrict pad,
+void column_sums(const T* __restrict slab, int64_t stride, bool padded, int W, int rx, bool circ, T* __restrict pad,
                  T* __restrict out) {
-    const int PW = W + 2 * rx;
-    for (int c = 0; c < W; ++c) {
-        T* __restrict prow = pad + (size_t)c * PW;
-        const T* __restrict s = slab + (size_t)c * stride;
-        for (int q = 0; q < rx; ++q) {
-            prow[q] = circ ? s[wrap(q - rx, W)] : T(0);
-            prow[rx + W + q] = circ ? s[wrap(W + q, W)] : T(0);
+    if (!padded) {
+        const int PW = W + 2 * rx;
+        for (int c = 0; c < W; ++c) {
+            T* __restrict prow = pad + (size_t)c * PW + rx;
+            const T* __restrict s = slab + (size_t)c * stride;
+            for (int j = 0; j < W; ++j) prow[j] = s[j];
+            fill_halo(prow, W, rx, circ);
         }
-        for (int j = 0; j < W; ++j) prow[rx + j] = s[j];
+        slab = pad + rx;
+        stride = PW;
     }
     const T* rows[64];
     for (int c = 0; c < W; ++c) {
@@ -85,7 +96,7 @@ void column_sums(const T* __restrict slab, int64_t stride, int W, int rx, bool c
             int sc = c + ox;
             if (circ) sc = wrap(sc, W);
             else if (sc < 0 || sc >= W) continue;
-            rows[k++] = pad + (size_t)sc * PW + rx + ox;
+            rows[k++] = slab + sc * stride + ox;
         }
         sum_rows(out + (size_t)c * W, rows, k, W, T(0));
     }
@@ -114,16 +125,16 @@ inline void gate_row(T* __restrict out, const T* __restrict acc, const uint64_t*
 
 // Where slab (r, r') of a pair's kernel starts, and the stride of its rows: in the P x P row-major
 // layout of the tensors npk passes in and gets back ("flat"), or in a buffer holding one diagonal,
-// its slabs one after the other from row `lo` on.
+// its slabs one after the other from row `lo` on, each row padded with rx entries on both sides.
 constexpr int SLAB_PAD = 16;   // slabs 64 bytes off 4 KiB multiples (no 4K aliasing between them)
 struct Layout {
-    int H, W, lo;
+    int H, W, lo, rx;
     bool flat;
+    int64_t stride() const { return flat ? (int64_t)H * W : W + 2 * rx; }
     int64_t start(int r, int rp) const {
         if (flat) return (int64_t)r * W * H * W + (int64_t)rp * W;
-        return (int64_t)(r - lo) * ((int64_t)W * W + SLAB_PAD);
+        return (int64_t)(r - lo) * (W * stride() + SLAB_PAD) + rx;
     }
-    int64_t stride() const { return flat ? (int64_t)H * W : W; }
 };
 
 // One layer on diagonal d of the slab grid: output slabs (r, r + d), mod H when circular. Their row
@@ -145,25 +156,28 @@ void diagonal_step(const T* __restrict src, Layout in, T* __restrict dst, Layout
                 for (size_t byte = 0; byte < W * sizeof(T); byte += 64)
                     __builtin_prefetch(next + c * istride * sizeof(T) + byte);
         }
-        column_sums(src + in.start(r, col(r)), istride, W, rx, circ, buf.pad.data(), buf.tsum.data() + r * WW);
+        column_sums(src + in.start(r, col(r)), istride, !in.flat, W, rx, circ, buf.pad.data(), buf.tsum.data() + r * WW);
     }
     const T bias = static_cast<T>(L.bias);
     T* acc = buf.acc.data();
-    const T* rows[64];
+    const T *slabs[64], *rows[64];
+    const int64_t ostride = out_layout.stride();
     for (int r = lo; r < hi; ++r) {
         const int rp = col(r);
         T* out = dst + out_layout.start(r, rp);
-        const int64_t ostride = out_layout.stride();
+        int k = 0;
+        for (int oy = -ry; oy <= ry; ++oy) {
+            int sr = r + oy;
+            if (circ) sr = wrap(sr, H);
+            else if (sr < lo || sr >= hi) continue;
+            slabs[k++] = buf.tsum.data() + sr * WW;
+        }
         for (int c = 0; c < W; ++c) {
-            int k = 0;
-            for (int oy = -ry; oy <= ry; ++oy) {
-                int sr = r + oy;
-                if (circ) sr = wrap(sr, H);
-                else if (sr < lo || sr >= hi) continue;
-                rows[k++] = buf.tsum.data() + sr * WW + (size_t)c * W;
-            }
+            for (int q = 0; q < k; ++q) rows[q] = slabs[q] + (size_t)c * W;
             sum_rows(acc, rows, k, W, bias);
-            gate_row(out + c * ostride, acc, gxa, (int64_t)r * W + c, gyb + (size_t)rp * W, P, W, L.words);
+            T* orow = out + c * ostride;
+            gate_row(orow, acc, gxa, (int64_t)r * W + c, gyb + (size_t)rp * W, P, W, L.words);
+            if (!out_layout.flat && circ) fill_halo(orow, W, out_layout.rx, true);
         }
     }
 }
@@ -183,18 +197,20 @@ int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layer
     }
     const bool circ = circular[0] != 0;
     const int diags = circ ? H : 2 * H - 1;
-    const int64_t items = n * m * diags, slab = (int64_t)W * W + SLAB_PAD;
+    const int RX = kw_max / 2;
+    const int64_t items = n * m * diags, slab = (int64_t)W * (W + 2 * RX) + SLAB_PAD;
 #pragma omp parallel num_threads(std::max(1, threads))
     {
         static thread_local Scratch<T> buf;      // kept between calls (no page faults per call)
         buf.resize(H, W, kw_max);
         static thread_local std::vector<T> ping;
         ping.resize(std::max(ping.size(), (size_t)(2 * H * slab)));
+        std::fill(ping.begin(), ping.end(), T(0));     // the zero halos of the padded rows
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < items; ++item) {
             const int64_t ab = item / diags, a = ab / m, b = ab % m;
             const int q = (int)(item % diags), d = circ ? q : q - (H - 1), lo = circ ? 0 : std::max(0, -d);
-            const Layout flat{H, W, 0, true}, local{H, W, lo, false};
+            const Layout flat{H, W, 0, 0, true}, local{H, W, lo, RX, false};
             T *A = ping.data(), *B = ping.data() + H * slab;
             for (int l = 0; l < n_layers; ++l) {
                 const Layer& L = layers[l];
