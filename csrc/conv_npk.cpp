@@ -37,8 +37,9 @@ inline int wrap(int i, int n) { return ((i % n) + n) % n; }
 // Per-thread buffers: the column-shifted sums of the slabs on one diagonal, a padded slab, one row.
 template <typename T>
 struct Scratch {
-    std::vector<T> tsum, pad, acc;
+    std::vector<T> tsum, pad, acc, row;
     void resize(int H, int W, int kw) {
+        row.resize(std::max(row.size(), (size_t)W));
         tsum.resize(std::max(tsum.size(), (size_t)H * W * W));
         pad.resize(std::max(pad.size(), (size_t)W * (W + kw)));
         acc.resize(std::max(acc.size(), (size_t)W));
@@ -71,24 +72,11 @@ inline void sum_rows(T* __restrict out, const T* const* rows, int k, int W, T in
     }
 }
 
-// out(c, c') = sum_ox S(c + ox, c' + ox) for one W x W slab S (row c at slab + c * stride), zero or
-// circular. Rows of a `padded` slab already hold rx zeros (zero padding) or wrapped entries
-// (circular) on each side; other slabs are first copied into `pad` so. Every shifted add is then a
-// full row of W.
+// out(c, c') = sum_ox S(c + ox, c' + ox) for one W x W slab S whose row c starts at slab + c * stride
+// and holds rx zeros (zero padding) or wrapped entries (circular) on each side, so that every
+// shifted add is a full row of W.
 template <typename T>
-void column_sums(const T* __restrict slab, int64_t stride, bool padded, int W, int rx, bool circ, T* __restrict pad,
-                 T* __restrict out) {
-    if (!padded) {
-        const int PW = W + 2 * rx;
-        for (int c = 0; c < W; ++c) {
-            T* __restrict prow = pad + (size_t)c * PW + rx;
-            const T* __restrict s = slab + (size_t)c * stride;
-            for (int j = 0; j < W; ++j) prow[j] = s[j];
-            fill_halo(prow, W, rx, circ);
-        }
-        slab = pad + rx;
-        stride = PW;
-    }
+void column_sums(const T* __restrict slab, int64_t stride, int W, int rx, bool circ, T* __restrict out) {
     const T* rows[64];
     for (int c = 0; c < W; ++c) {
         int k = 0;
@@ -137,10 +125,21 @@ struct Layout {
     }
 };
 
-// One layer on diagonal d of the slab grid: output slabs (r, r + d), mod H when circular. Their row
-// shifts read only source slabs of the same diagonal, so diagonals are independent.
+// Where a layer reads: a pair kernel in `layout`, or, for the first layer of a run that starts at the
+// network's input, the pair's input features x, y (c0 x P each): M(i, i') = sum_c x(c, i) y(c, i').
 template <typename T>
-void diagonal_step(const T* __restrict src, Layout in, T* __restrict dst, Layout out_layout, int H, int W, int d,
+struct Source {
+    const T* M;
+    Layout layout;
+    const T *x, *y;
+    int c0;
+};
+
+// One layer on diagonal d of the slab grid: output slabs (r, r + d), mod H when circular. Their row
+// shifts read only source slabs of the same diagonal, so diagonals are independent. The output goes
+// to dst in out_layout, or, when `sum` is given, only its total is added to *sum.
+template <typename T>
+void diagonal_step(const Source<T>& src, T* __restrict dst, Layout out_layout, double* sum, int H, int W, int d,
                    const Layer& L, const uint64_t* gxa, const uint64_t* gyb, Scratch<T>& buf) {
     const int64_t P = (int64_t)H * W;
     const int ry = L.kh / 2, rx = L.kw / 2;
@@ -148,15 +147,38 @@ void diagonal_step(const T* __restrict src, Layout in, T* __restrict dst, Layout
     const int lo = circ ? 0 : std::max(0, -d), hi = circ ? H : std::min(H, H - d);   // rows r on the diagonal
     auto col = [&](int r) { return circ ? wrap(r + d, H) : r + d; };
     const size_t WW = (size_t)W * W;
+    const Layout& in = src.layout;
     const int64_t istride = in.stride();
     for (int r = lo; r < hi; ++r) {
-        if (r + 1 < hi) {   // the next slab of the diagonal, while this one is summed
-            const char* next = reinterpret_cast<const char*>(src + in.start(r + 1, col(r + 1)));
+        const int rp = col(r);
+        if (!in.flat && !src.x) {               // padded rows in a diagonal buffer: use in place
+            column_sums(src.M + in.start(r, rp), istride, W, rx, circ, buf.tsum.data() + r * WW);
+            continue;
+        }
+        if (r + 1 < hi && !src.x) {   // the next slab of the diagonal, while this one is summed
+            const char* next = reinterpret_cast<const char*>(src.M + in.start(r + 1, col(r + 1)));
             for (int c = 0; c < W; ++c)
                 for (size_t byte = 0; byte < W * sizeof(T); byte += 64)
                     __builtin_prefetch(next + c * istride * sizeof(T) + byte);
         }
-        column_sums(src + in.start(r, col(r)), istride, !in.flat, W, rx, circ, buf.pad.data(), buf.tsum.data() + r * WW);
+        const int PW = W + 2 * rx;              // else copy the slab's rows, padded, into buf.pad
+        for (int c = 0; c < W; ++c) {
+            T* __restrict prow = buf.pad.data() + (size_t)c * PW + rx;
+            if (src.x) {
+                const int64_t i = (int64_t)r * W + c;
+                std::fill(prow, prow + W, T(0));
+                for (int k = 0; k < src.c0; ++k) {
+                    const T xv = src.x[k * P + i];
+                    const T* __restrict yrow = src.y + k * P + (int64_t)rp * W;
+                    for (int j = 0; j < W; ++j) prow[j] += xv * yrow[j];
+                }
+            } else {
+                const T* __restrict srow = src.M + in.start(r, rp) + c * istride;
+                for (int j = 0; j < W; ++j) prow[j] = srow[j];
+            }
+            fill_halo(prow, W, rx, circ);
+        }
+        column_sums(buf.pad.data() + rx, PW, W, rx, circ, buf.tsum.data() + r * WW);
     }
     const T bias = static_cast<T>(L.bias);
     T* acc = buf.acc.data();
@@ -164,7 +186,7 @@ void diagonal_step(const T* __restrict src, Layout in, T* __restrict dst, Layout
     const int64_t ostride = out_layout.stride();
     for (int r = lo; r < hi; ++r) {
         const int rp = col(r);
-        T* out = dst + out_layout.start(r, rp);
+        T* out = sum ? nullptr : dst + out_layout.start(r, rp);
         int k = 0;
         for (int oy = -ry; oy <= ry; ++oy) {
             int sr = r + oy;
@@ -175,17 +197,26 @@ void diagonal_step(const T* __restrict src, Layout in, T* __restrict dst, Layout
         for (int c = 0; c < W; ++c) {
             for (int q = 0; q < k; ++q) rows[q] = slabs[q] + (size_t)c * W;
             sum_rows(acc, rows, k, W, bias);
-            T* orow = out + c * ostride;
+            T* orow = sum ? buf.row.data() : out + c * ostride;
             gate_row(orow, acc, gxa, (int64_t)r * W + c, gyb + (size_t)rp * W, P, W, L.words);
-            if (!out_layout.flat && circ) fill_halo(orow, W, out_layout.rx, true);
+            if (sum) {
+                double total = 0;
+                for (int j = 0; j < W; ++j) total += orow[j];
+                *sum += total;
+            } else if (!out_layout.flat && circ) {
+                fill_halo(orow, W, out_layout.rx, true);
+            }
         }
     }
 }
 
+// M_out (n, m, P, P) <- the run applied to M_in (n, m, P, P), or to the input kernel of features
+// x (n, c0, P), y (m, c0, P) when x is given; with `reduce`, M_out (n, m, diagonals) gets the sum of
+// each diagonal of the result instead (for a global average pool right after the run).
 template <typename T>
-int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layers, const int* kh, const int* kw,
-        const int* circular, const double* bias, const int* words, const uint64_t* const* gx,
-        const uint64_t* const* gy, int threads) {
+int run(const T* M_in, const T* x, const T* y, int c0, T* M_out, double* sums, int64_t n, int64_t m, int H, int W,
+        int n_layers, const int* kh, const int* kw, const int* circular, const double* bias, const int* words,
+        const uint64_t* const* gx, const uint64_t* const* gy, int threads) {
     const int64_t P = (int64_t)H * W, PP = P * P;
     std::vector<Layer> layers(n_layers);
     int kw_max = 1;
@@ -196,8 +227,7 @@ int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layer
         kw_max = std::max(kw_max, kw[l]);
     }
     const bool circ = circular[0] != 0;
-    const int diags = circ ? H : 2 * H - 1;
-    const int RX = kw_max / 2;
+    const int diags = circ ? H : 2 * H - 1, RX = kw_max / 2;
     const int64_t items = n * m * diags, slab = (int64_t)W * (W + 2 * RX) + SLAB_PAD;
 #pragma omp parallel num_threads(std::max(1, threads))
     {
@@ -212,11 +242,15 @@ int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layer
             const int q = (int)(item % diags), d = circ ? q : q - (H - 1), lo = circ ? 0 : std::max(0, -d);
             const Layout flat{H, W, 0, 0, true}, local{H, W, lo, RX, false};
             T *A = ping.data(), *B = ping.data() + H * slab;
+            if (sums) sums[item] = 0;
             for (int l = 0; l < n_layers; ++l) {
                 const Layer& L = layers[l];
-                const bool first = l == 0, last = l == n_layers - 1;
-                diagonal_step(first ? M_in + ab * PP : A, first ? flat : local, last ? M_out + ab * PP : B,
-                              last ? flat : local, H, W, d, L, L.gx + a * L.words * P, L.gy + b * L.words * P, buf);
+                const bool last = l == n_layers - 1;
+                const Source<T> src = l > 0 ? Source<T>{A, local, nullptr, nullptr, 0}
+                                   : x ? Source<T>{nullptr, flat, x + a * c0 * P, y + b * c0 * P, c0}
+                                       : Source<T>{M_in + ab * PP, flat, nullptr, nullptr, 0};
+                diagonal_step(src, last ? (sums ? nullptr : M_out + ab * PP) : B, last ? flat : local, last && sums ? sums + item : nullptr,
+                              H, W, d, L, L.gx + a * L.words * P, L.gy + b * L.words * P, buf);
                 std::swap(A, B);
             }
         }
@@ -228,16 +262,18 @@ int run(const T* M_in, T* M_out, int64_t n, int64_t m, int H, int W, int n_layer
 
 extern "C" {
 
-int npk_conv_run_f32(const float* M_in, float* M_out, int64_t n, int64_t m, int H, int W, int n_layers,
-                     const int* kh, const int* kw, const int* circular, const double* bias, const int* words,
-                     const uint64_t* const* gx, const uint64_t* const* gy, int threads) {
-    return run(M_in, M_out, n, m, H, W, n_layers, kh, kw, circular, bias, words, gx, gy, threads);
+int npk_conv_run_f32(const float* M_in, const float* x, const float* y, int c0, float* M_out, double* sums,
+                     int64_t n, int64_t m, int H, int W, int n_layers, const int* kh, const int* kw,
+                     const int* circular, const double* bias, const int* words, const uint64_t* const* gx,
+                     const uint64_t* const* gy, int threads) {
+    return run(M_in, x, y, c0, M_out, sums, n, m, H, W, n_layers, kh, kw, circular, bias, words, gx, gy, threads);
 }
 
-int npk_conv_run_f64(const double* M_in, double* M_out, int64_t n, int64_t m, int H, int W, int n_layers,
-                     const int* kh, const int* kw, const int* circular, const double* bias, const int* words,
-                     const uint64_t* const* gx, const uint64_t* const* gy, int threads) {
-    return run(M_in, M_out, n, m, H, W, n_layers, kh, kw, circular, bias, words, gx, gy, threads);
+int npk_conv_run_f64(const double* M_in, const double* x, const double* y, int c0, double* M_out, double* sums,
+                     int64_t n, int64_t m, int H, int W, int n_layers, const int* kh, const int* kw,
+                     const int* circular, const double* bias, const int* words, const uint64_t* const* gx,
+                     const uint64_t* const* gy, int threads) {
+    return run(M_in, x, y, c0, M_out, sums, n, m, H, W, n_layers, kh, kw, circular, bias, words, gx, gy, threads);
 }
 
 // Rate probe for the benchmark: `reps` passes of AND + popcount over two arrays of n 64-bit words

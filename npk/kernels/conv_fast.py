@@ -112,27 +112,55 @@ def _handled(op) -> bool:
 def fused_run(ops: Sequence[graph.Op], start: int, M: torch.Tensor, ctx) -> tuple[torch.Tensor, int] | None:
     """Apply the run of gated convs at ops[start:] to M; returns (M, index after the run), or None when
     there is no run there or the backend is "off" (the caller then applies ops[start] generically).
+    The extension also takes a GlobalAvgPool right after the run (it returns the (n, m) means then).
 
     ctx carries the block's gates (ctx.gx, ctx.gy: one tensor (n, C, *S) per gated layer, float, bool
     or uint8).
     """
+    run = _plan(ops, start, M, ctx)
+    if run is None:
+        return None
+    convs, layers, use_ext = run
+    if use_ext:
+        return _run_extension(ops, start, convs, layers, ctx, M=M)
+    return _run_torch(convs, layers, M, ctx), start + 2 * len(convs)
+
+
+def input_run(model, X: torch.Tensor, Y: torch.Tensor, ctx) -> tuple[torch.Tensor, int] | None:
+    """The run at the start of model.ops applied by the extension straight to the inputs, which forms
+    the input pair kernel (sum_c x(i, c) x'(i', c), or the channel count for an all-ones input) on
+    the fly: (M, index after the run), or None when the extension does not take that run."""
+    run = _plan(model.ops, 0, X, ctx)
+    if run is None or not run[2]:
+        return None
+    n, m, C, P = len(X), len(Y), X.shape[1], math.prod(X.shape[2:])
+    if model.value_input == "ones":
+        x, y = X.new_full((n, 1, P), float(C)), Y.new_ones((m, 1, P))
+    else:
+        x, y = X.reshape(n, C, P).contiguous(), Y.reshape(m, C, P).contiguous()
+    return _run_extension(model.ops, 0, run[0], run[1], ctx, x=x, y=y)
+
+
+def _plan(ops, start: int, like: torch.Tensor, ctx) -> tuple[list, list[int], bool] | None:
+    """(convs, gate layers, whether the extension runs them) for the run at ops[start:], or None.
+    `like`: the pair kernel or the inputs (their dtype, device and spatial shape)."""
     convs = conv_run(ops, start)
     name = _state["backend"]
     if not convs or name == "off":
         return None
     layers = [ops[start + 2 * j + 1].layer for j in range(len(convs))]
-    if any(tuple(ctx.gx[l].shape[2:]) != tuple(M.shape[2:2 + (M.dim() - 2) // 2]) for l in layers):
+    spatial = tuple(like.shape[2:2 + len(convs[0].module.kernel_size)])
+    if any(tuple(ctx.gx[l].shape[2:]) != spatial for l in layers):
         return None
-    use_ext = name in ("auto", "extension") and _extension_applies(M, ctx, layers)
+    use_ext = name in ("auto", "extension") and _extension_applies(like, ctx, layers)
     if name == "extension" and not use_ext:
         raise RuntimeError("the conv NPK extension cannot run here: it needs a CPU float32/float64 pair kernel, "
                            "hard 0/1 gates and the built library (run `make install`)")
-    M = _run_extension(convs, layers, M, ctx) if use_ext else _run_torch(convs, layers, M, ctx)
-    return M, start + 2 * len(convs)
+    return convs, layers, use_ext
 
 
-def _extension_applies(M: torch.Tensor, ctx, layers: list[int]) -> bool:
-    return (M.device.type == "cpu" and M.dtype in (torch.float32, torch.float64) and extension() is not None
+def _extension_applies(like: torch.Tensor, ctx, layers: list[int]) -> bool:
+    return (like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64) and extension() is not None
             and hard_gates(ctx, layers))
 
 
@@ -197,28 +225,40 @@ def pack_bits(g: torch.Tensor) -> torch.Tensor:
     return bytes_.transpose(2, 3).reshape(-1).view(torch.int64).reshape(n, words, P)
 
 
-def _run_extension(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
+def _run_extension(ops, start: int, convs, layers, ctx, M: torch.Tensor | None = None,
+                   x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """The run on M (n, m, *S, *S), or on the input kernel of x (n, c0, P), y (m, c0, P); followed by a
+    GlobalAvgPool, its (n, m) result (the kernel returns each diagonal's sum)."""
     lib = extension()
-    d = (M.dim() - 2) // 2
-    spatial = M.shape[2:2 + d]
-    H, W = (1, spatial[0]) if d == 1 else tuple(spatial)
-    M = M.contiguous()
-    out = torch.empty_like(M)
+    ref = M if M is not None else x
+    spatial = tuple(ctx.gx[layers[0]].shape[2:])
+    H, W = (1, spatial[0]) if len(spatial) == 1 else spatial
+    n, m = (M.shape[0], M.shape[1]) if M is not None else (len(x), len(y))
+    end = start + 2 * len(convs)
+    reduce = end < len(ops) and isinstance(ops[end], graph.GlobalAvgPool)
+    diagonals = H if convs[0].circular else 2 * H - 1
+    if M is not None:
+        M = M.contiguous()
+    out = torch.empty((n, m, *spatial, *spatial), dtype=ref.dtype) if not reduce else None
+    sums = torch.empty((n, m, diagonals), dtype=torch.float64) if reduce else None
     gx = [_packed(ctx.gx[l]) for l in layers]
     gy = [_packed(ctx.gy[l]) for l in layers]
     L = len(convs)
     ints = lambda values: (ctypes.c_int * L)(*values)                                  # noqa: E731
     ptrs = lambda tensors: (ctypes.c_void_p * L)(*[t.data_ptr() for t in tensors])     # noqa: E731
+    ptr = lambda t: ctypes.c_void_p(t.data_ptr() if t is not None else None)           # noqa: E731
     kernel = [tuple(c.module.kernel_size) for c in convs]
-    fn = lib.npk_conv_run_f32 if M.dtype == torch.float32 else lib.npk_conv_run_f64
-    status = fn(ctypes.c_void_p(M.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.c_int64(M.shape[0]),
-                ctypes.c_int64(M.shape[1]), H, W, L, ints([1 if d == 1 else k[0] for k in kernel]),
+    fn = lib.npk_conv_run_f32 if ref.dtype == torch.float32 else lib.npk_conv_run_f64
+    status = fn(ptr(M), ptr(x), ptr(y), x.shape[1] if x is not None else 0, ptr(out), ptr(sums),
+                ctypes.c_int64(n), ctypes.c_int64(m), H, W, L, ints([1 if len(k) == 1 else k[0] for k in kernel]),
                 ints([k[-1] for k in kernel]), ints([int(c.circular) for c in convs]),
                 (ctypes.c_double * L)(*[float(c.has_bias) for c in convs]), ints([g.shape[1] for g in gx]),
                 ptrs(gx), ptrs(gy), torch.get_num_threads())
     if status:
         raise RuntimeError(f"the conv NPK extension failed (status {status}): more than 4,096 channels in a layer?")
-    return out
+    if reduce:
+        return (sums.sum(-1) / math.prod(spatial) ** 2).to(ref.dtype), end + 1
+    return out, end
 
 
 # ----------------------------------------------------------------------------------- torch backend

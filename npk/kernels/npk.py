@@ -80,12 +80,18 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
 def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[torch.Tensor],
                 gy: Sequence[torch.Tensor]) -> torch.Tensor:
     """NPK of one block: propagate the input pair kernel through the model's op list."""
+    ctx = GatePair(gx, gy)
+    fused = conv_fast.input_run(model, X, Y, ctx)       # a first conv run that forms the input kernel itself
+    M, start = fused if fused else (input_kernel(model, X, Y), 0)
+    return propagate(model.ops[start:], M, ctx)
+
+
+def input_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """M(i, i') = sum_c x(i, c) x'(i', c), or the channel count for an all-ones value input."""
     if model.value_input == "ones":
         spatial = X.shape[2:]
-        M = torch.full((len(X), len(Y), *spatial, *spatial), float(X.shape[1]), dtype=X.dtype, device=X.device)
-    else:
-        M = overlap(X, Y)
-    return propagate(model.ops, M, GatePair(gx, gy))
+        return torch.full((len(X), len(Y), *spatial, *spatial), float(X.shape[1]), dtype=X.dtype, device=X.device)
+    return overlap(X, Y)
 
 
 @dataclass
