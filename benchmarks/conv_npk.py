@@ -109,8 +109,8 @@ def images(case: str, n: int, cifar_root: str | None) -> tuple[torch.Tensor, str
     if case == "digits":
         return torch.tensor(load_digits().images[:n] / 16.0, dtype=torch.float32)[:, None], "sklearn digits"
     if case == "cifar64" and cifar_root and os.path.isdir(os.path.join(cifar_root, "cifar-10-batches-py")):
-        from npk.data import load
-        return load("cifar10", root=cifar_root, n_train=n, n_test=10).X_train[:n].float(), "CIFAR-10 train"
+        from npk.data import load            # the same 1,000-image subset for every n
+        return load("cifar10", root=cifar_root, n_train=CIFAR_GRAM, n_test=10).X_train[:n].float(), "CIFAR-10 train"
     gen = torch.Generator().manual_seed(1)
     return torch.randn(n, spec["in_channels"], spec["size"], spec["size"], generator=gen), "random N(0, 1)"
 

@@ -49,6 +49,7 @@ BACKENDS = ("auto", "extension", "torch", "off")
 _state = {"backend": os.environ.get("NPK_CONV_BACKEND", "auto")}
 # channels per chunk whose 0/1 overlaps a low-precision GEMM computes exactly (integers up to 2^8, 2^11)
 EXACT_CHUNK = {torch.bfloat16: 256, torch.float16: 2048}
+CHUNK_ROWS = 64         # samples per chunk when checking and packing a whole gate tensor
 
 
 @contextlib.contextmanager
@@ -187,15 +188,15 @@ def _cached(g: torch.Tensor) -> tuple[dict, torch.Tensor, slice]:
 
 def _is_hard(g: torch.Tensor) -> bool:
     entry, base, _ = _cached(g)
-    if "hard" not in entry:
-        entry["hard"] = bool(((base == 0) | (base == 1)).all())
+    if "hard" not in entry:          # in chunks of rows: the temporaries stay small for a large Gram
+        entry["hard"] = all(bool(((c == 0) | (c == 1)).all()) for c in base.split(CHUNK_ROWS))
     return entry["hard"]
 
 
 def _packed(g: torch.Tensor) -> torch.Tensor:
     entry, base, rows = _cached(g)
     if "packed" not in entry:
-        entry["packed"] = pack_bits(base)
+        entry["packed"] = torch.cat([pack_bits(c) for c in base.split(CHUNK_ROWS)])
     return entry["packed"][rows]
 
 
