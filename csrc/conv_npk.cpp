@@ -9,11 +9,12 @@
 // popcounts. Both the offset sum and the gate product keep r' - r fixed, so the slabs
 // M[(r, :), (r', :)] (W x W) of one diagonal r' - r = d of the slab grid (mod H when circular) go
 // through all the layers of the run without the rest of M: the work is (pair, diagonal) items, each
-// read once from M_in, carried through the layers in two small buffers that stay in L2, and written
-// once to M_out; items are spread over OpenMP threads with no barrier. Within a layer the offset
-// sum is separable: along the columns, T(r, r') = sum_ox of slab (r, r') shifted by (ox, ox), once
-// per slab from a zero- or wrap-padded copy; along the rows, sum_oy T(r + oy, r' + oy), summed
-// row by row, multiplied by the overlaps (computed on the fly, never stored) and written once.
+// read once from M_in (or formed from the input features), carried through the layers in two small
+// buffers that stay in L2 (rows padded with zeros or wrapped entries), and written once to M_out (or
+// only summed, for a global average pool); items are spread over OpenMP threads with no barrier.
+// Within a layer the offset sum is separable: along the columns, T(r, r') = sum_ox of slab (r, r')
+// shifted by (ox, ox); along the rows, sum_oy T(r + oy, r' + oy), summed row by row, multiplied by
+// the overlaps (computed on the fly, never stored) and written once.
 // Plain C ABI (called through ctypes); no torch headers, so it builds in a second.
 #include <algorithm>
 #include <cstdint>

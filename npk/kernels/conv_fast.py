@@ -21,12 +21,19 @@ not handle, goes to the generic rules, so a new op needs no change here. Two bac
   model's dtype for soft gates. No CPU-only op in its loop, and no host sync but the one 0/1 check
   of each gate tensor, cached for the whole Gram.
 
-Why (C4GAP-128, 32 x 32 x 3, float32, this project's 2-core AMD EPYC with AVX-512 VPOPCNTDQ, see the
-README): the overlaps of a pair cost 1.07 GFLOP as fp32 GEMMs (about 12 ms at the measured 90 GFLOP/s
-of one core), 0.23 ms as bf16 GEMMs and 8 M word-ANDs + popcounts as bit operations (well under a
-millisecond). Once the overlaps are bit operations the cost is the shifted sums and M's traffic, which
-the fused kernel keeps in cache. torch.compile and numba were not adopted: inductor cannot express the
-popcount, and the kernel is short enough to keep as one C++ file with no build dependency but g++.
+A run at the very start of the op list takes the inputs instead of their pair kernel (the extension
+forms sum_c x(i, c) x'(i', c) on the fly), and a GlobalAvgPool right after a run is summed inside the
+kernel, so for C4GAP-shaped nets no P x P pair kernel is ever written to memory.
+
+Why, measured on this project's 2-core AMD EPYC (AVX-512 with VPOPCNTDQ), one thread, C4GAP-128 on
+32 x 32 x 3 (`benchmarks/conv_npk.py`, README "Performance"): the overlaps of a pair are 1.07 G
+fp32 flops (10 ms at the measured 100 GFLOP/s), 2.3 ms as exact bf16 GEMMs (460 G/s) and 8.4 M word
+ANDs + popcounts (0.63 ms at 13 G words/s). The generic rules take 19 ms a pair; they read and write
+the block's whole pair kernel for every kernel offset and layer. The extension takes about 3 ms: once
+the overlaps are bit operations, the offset sums are most of the work, and it does them in L2.
+torch.compile (inductor) of the generic shifted sums and product was slower than eager (4.9 ms
+against 1.1 ms a layer for one 32 x 32 pair, after a 19 s compile) and cannot express the popcount;
+numba would add an LLVM dependency for a kernel that is one C++ file built by g++, so it was not tried.
 Symmetric blocks are not halved inside a tile: the Gram driver already computes only upper-triangle
 tiles, and the waste on diagonal tiles is (block size) / N of the work.
 """
