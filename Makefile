@@ -19,12 +19,12 @@ install: $(PY)
 	@$(MAKE) --no-print-directory ext
 
 # The C++ kernel of the exact conv NPK (npk/kernels/conv_fast.py), for this machine's CPU; best effort:
-# without it (no g++, no OpenMP) npk uses its pure-torch rules.
+# without it (no g++) npk uses its pure-torch rules.
 CXX ?= g++
 EXT := npk/kernels/_conv_npk.so
 ext: $(EXT)
 $(EXT): csrc/conv_npk.cpp
-	@$(CXX) -O3 -fno-tree-loop-distribute-patterns -march=native -fopenmp -shared -fPIC -o $@ $< || \
+	@$(CXX) -O3 -fno-tree-loop-distribute-patterns -march=native -pthread -shared -fPIC -o $@ $< || \
 	  (rm -f $@; echo "note: the conv NPK extension did not build; npk falls back to its torch rules")
 
 install-test: install

@@ -11,17 +11,19 @@
 // through all the layers of the run without the rest of M: the work is (pair, diagonal) items, each
 // read once from M_in (or formed from the input features), carried through the layers in two small
 // buffers that stay in L2 (rows padded with zeros or wrapped entries), and written once to M_out (or
-// only summed, for a global average pool); items are spread over OpenMP threads with no barrier.
+// only summed, for a global average pool); items are shared by threads first come, first served.
 // Within a layer the offset sum is separable: along the columns, T(r, r') = sum_ox of slab (r, r')
 // shifted by (ox, ox); along the rows, sum_oy T(r + oy, r' + oy), summed row by row, multiplied by
 // the overlaps (computed on the fly, never stored) and written once.
 // Plain C ABI (called through ctypes); no torch headers, so it builds in a second.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace {
 
@@ -211,6 +213,77 @@ void diagonal_step(const Source<T>& src, T* __restrict dst, Layout out_layout, d
     }
 }
 
+// A thread's buffers for one item: Scratch, and the two diagonal buffers (zeroed when their shape or
+// padding changes: the padded rows' halos must start as zeros for zero padding).
+template <typename T>
+struct Buffers {
+    Scratch<T> scratch;
+    std::vector<T> ping;
+    int H = 0, W = 0, kw = 0;
+    bool circ = false;
+    void fit(int H_, int W_, int kw_, bool circ_, int64_t size) {
+        scratch.resize(H_, W_, kw_);
+        if (H_ != H || W_ != W || kw_ != kw || circ_ != circ || (int64_t)ping.size() < size) {
+            ping.assign(std::max((int64_t)ping.size(), size), T(0));
+            H = H_, W = W_, kw = kw_, circ = circ_;
+        }
+    }
+};
+
+// Buffers are taken from and returned to one free list (no allocation, no page faults per call).
+template <typename T>
+struct BufferPool {
+    std::mutex mu;
+    std::vector<std::unique_ptr<Buffers<T>>> free;
+    std::unique_ptr<Buffers<T>> take() {
+        std::lock_guard<std::mutex> lock(mu);
+        if (free.empty()) return std::make_unique<Buffers<T>>();
+        auto b = std::move(free.back());
+        free.pop_back();
+        return b;
+    }
+    void give(std::unique_ptr<Buffers<T>> b) {
+        std::lock_guard<std::mutex> lock(mu);
+        free.push_back(std::move(b));
+    }
+};
+
+template <typename T>
+BufferPool<T>& pool() {
+    static BufferPool<T>* p = new BufferPool<T>();   // never destroyed: a helper may outlive exit()
+    return *p;
+}
+
+// Items 0..total-1 of a call, claimed first come, first served by the calling thread and threads - 1
+// detached helpers. The caller waits only for items that were claimed, never for a helper to start:
+// on a busy machine a helper that the scheduler starts late finds nothing left and exits, so it
+// cannot stall the call (a barrier, as in an OpenMP region, would wait for it).
+struct Claims {
+    std::atomic<int64_t> next{0}, done{0};
+    int64_t total = 0;
+};
+
+template <typename T, typename Item>
+void drain(Claims& c, const Item& item) {
+    for (int64_t i; (i = c.next.fetch_add(1)) < c.total;) {
+        auto bufs = pool<T>().take();
+        item(i, *bufs);
+        pool<T>().give(std::move(bufs));            // before `done`: the caller may return right after
+        c.done.fetch_add(1, std::memory_order_release);
+    }
+}
+
+template <typename T, typename Item>
+void share(int64_t total, int threads, const Item& item) {
+    auto claims = std::make_shared<Claims>();
+    claims->total = total;
+    auto shared_item = std::make_shared<std::function<void(int64_t, Buffers<T>&)>>(item);
+    for (int t = 1; t < std::min<int64_t>(threads, total); ++t)
+        std::thread([claims, shared_item] { drain<T>(*claims, *shared_item); }).detach();
+    drain<T>(*claims, item);
+    while (claims->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
+}
+
 // M_out (n, m, P, P) <- the run applied to M_in (n, m, P, P), or to the input kernel of features
 // x (n, c0, P), y (m, c0, P) when x is given; with `reduce`, M_out (n, m, diagonals) gets the sum of
 // each diagonal of the result instead (for a global average pool right after the run).
@@ -229,33 +302,27 @@ int run(const T* M_in, const T* x, const T* y, int c0, T* M_out, double* sums, i
     }
     const bool circ = circular[0] != 0;
     const int diags = circ ? H : 2 * H - 1, RX = kw_max / 2;
-    const int64_t items = n * m * diags, slab = (int64_t)W * (W + 2 * RX) + SLAB_PAD;
-#pragma omp parallel num_threads(std::max(1, threads))
-    {
-        static thread_local Scratch<T> buf;      // kept between calls (no page faults per call)
-        buf.resize(H, W, kw_max);
-        static thread_local std::vector<T> ping;
-        ping.resize(std::max(ping.size(), (size_t)(2 * H * slab)));
-        std::fill(ping.begin(), ping.end(), T(0));     // the zero halos of the padded rows
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < items; ++item) {
-            const int64_t ab = item / diags, a = ab / m, b = ab % m;
-            const int q = (int)(item % diags), d = circ ? q : q - (H - 1), lo = circ ? 0 : std::max(0, -d);
-            const Layout flat{H, W, 0, 0, true}, local{H, W, lo, RX, false};
-            T *A = ping.data(), *B = ping.data() + H * slab;
-            if (sums) sums[item] = 0;
-            for (int l = 0; l < n_layers; ++l) {
-                const Layer& L = layers[l];
-                const bool last = l == n_layers - 1;
-                const Source<T> src = l > 0 ? Source<T>{A, local, nullptr, nullptr, 0}
-                                   : x ? Source<T>{nullptr, flat, x + a * c0 * P, y + b * c0 * P, c0}
-                                       : Source<T>{M_in + ab * PP, flat, nullptr, nullptr, 0};
-                diagonal_step(src, last ? (sums ? nullptr : M_out + ab * PP) : B, last ? flat : local, last && sums ? sums + item : nullptr,
-                              H, W, d, L, L.gx + a * L.words * P, L.gy + b * L.words * P, buf);
-                std::swap(A, B);
-            }
+    const int64_t slab = (int64_t)W * (W + 2 * RX) + SLAB_PAD;
+    auto item = [&](int64_t it, Buffers<T>& bufs) {
+        const int64_t ab = it / diags, a = ab / m, b = ab % m;
+        const int q = (int)(it % diags), d = circ ? q : q - (H - 1), lo = circ ? 0 : std::max(0, -d);
+        const Layout flat{H, W, 0, 0, true}, local{H, W, lo, RX, false};
+        bufs.fit(H, W, kw_max, circ, 2 * H * slab);
+        T *A = bufs.ping.data(), *B = bufs.ping.data() + H * slab;
+        if (sums) sums[it] = 0;
+        for (int l = 0; l < n_layers; ++l) {
+            const Layer& L = layers[l];
+            const bool last = l == n_layers - 1;
+            const Source<T> src = l > 0 ? Source<T>{A, local, nullptr, nullptr, 0}
+                               : x ? Source<T>{nullptr, flat, x + a * c0 * P, y + b * c0 * P, c0}
+                                   : Source<T>{M_in + ab * PP, flat, nullptr, nullptr, 0};
+            diagonal_step(src, last ? (sums ? nullptr : M_out + ab * PP) : B, last ? flat : local,
+                          last && sums ? sums + it : nullptr, H, W, d, L, L.gx + a * L.words * P,
+                          L.gy + b * L.words * P, bufs.scratch);
+            std::swap(A, B);
         }
-    }
+    };
+    share<T>(n * m * diags, threads, item);
     return 0;
 }
 
@@ -281,17 +348,20 @@ int npk_conv_run_f64(const double* M_in, const double* x, const double* y, int c
 // (n small enough to stay in cache), on `threads` threads; returns the total popcount so that the
 // work cannot be optimised away.
 int64_t npk_and_popcount(const uint64_t* x, const uint64_t* y, int64_t n, int64_t reps, int threads) {
+    std::vector<int64_t> totals(std::max(1, threads), 0);
+    std::vector<std::thread> team;
+    for (int t = 0; t < (int)totals.size(); ++t)
+        team.emplace_back([&, t] {
+            int64_t s = 0;
+            for (int64_t r = t; r < reps; r += (int64_t)totals.size()) {
+                const uint64_t salt = (uint64_t)r;
+                for (int64_t i = 0; i < n; ++i) s += __builtin_popcountll((x[i] ^ salt) & y[i]);
+            }
+            totals[t] = s;
+        });
+    for (auto& th : team) th.join();
     int64_t total = 0;
-#ifdef _OPENMP
-    if (threads > 0) omp_set_num_threads(threads);
-#endif
-#pragma omp parallel for reduction(+ : total) schedule(static)
-    for (int64_t r = 0; r < reps; ++r) {
-        int64_t s = 0;
-        const uint64_t salt = (uint64_t)r;
-        for (int64_t i = 0; i < n; ++i) s += __builtin_popcountll((x[i] ^ salt) & y[i]);
-        total += s;
-    }
+    for (int64_t v : totals) total += v;
     return total;
 }
 

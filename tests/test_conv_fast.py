@@ -110,8 +110,20 @@ def test_without_the_extension_auto_falls_back_and_extension_says_how_to_build(m
 
 
 @pytest.mark.skipif(not BUILT, reason="the conv NPK extension is not built (make ext)")
-def test_single_pair_blocks_on_two_threads_split_the_diagonals():
-    """With fewer pairs than threads the kernel splits each layer's diagonals over the threads."""
+def test_zero_padding_after_circular_on_the_same_shape_reuses_no_stale_halo():
+    X = inputs((2, 4, 4), 3, 0)
+    models = [randomize(ConvDNN(2, [3, 2], padding=p, pooling="flatten", d_out=2, input_size=4), seed=29)
+              for p in ("zero", "circular", "zero")]
+    with conv_fast.backend("extension"):
+        fast = [npk_gram(m, X) for m in models]
+    with conv_fast.backend("off"):
+        for m, H in zip(models, fast):
+            assert relative_error(H, npk_gram(m, X)) < 1e-14
+
+
+@pytest.mark.skipif(not BUILT, reason="the conv NPK extension is not built (make ext)")
+def test_single_pair_blocks_on_two_threads_share_the_diagonals():
+    """Two threads share the diagonals of one pair (1-sample blocks)."""
     model = randomize(ConvDNN(2, [3, 2], padding="circular", pooling="gap", d_out=2, input_size=(4, 5), bias=True),
                       seed=28)
     X = inputs(model.input_shape, 3, 0)
