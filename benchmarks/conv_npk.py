@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images in every case")
     parser.add_argument("--n", type=int, nargs=3, default=None, metavar=("DIGITS", "RGB32", "CIFAR_ROWS"),
                         help="npk's images for digits and rgb32, and rows of the 1,000-image CIFAR Gram "
-                             "(default 600 40 4; quick 200 12 2)")
+                             "(default 600 100 4; quick 200 12 2)")
     parser.add_argument("--n-today", type=int, nargs=3, default=None, metavar=("DIGITS", "RGB32", "CIFAR64"),
                         help="images for today's rules (default 100 6 4; quick 40 3 3)")
     parser.add_argument("--cifar-root", default="/work/data", help="folder holding cifar-10-batches-py")
@@ -190,7 +190,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    n_fast = args.n or ((200, 12, 2) if args.quick else (600, 40, 4))
+    n_fast = args.n or ((200, 12, 2) if args.quick else (600, 100, 4))
     n_today = args.n_today or ((40, 3, 3) if args.quick else (100, 6, 4))
     torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())

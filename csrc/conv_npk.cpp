@@ -93,23 +93,23 @@ void column_sums(const T* __restrict slab, int64_t stride, int W, int rx, bool c
     }
 }
 
-// out[j] = ov(i, (rp, j)) * acc[j] for one output row; ov = sum_w popcount(gx(i)_w & gy(rp, j)_w).
-template <typename T>
-inline void gate_row(T* __restrict out, const T* __restrict acc, const uint64_t* __restrict gxa, int64_t i,
+// out[j] = ov(i, (rp, j)) * acc(j) for one output row; ov = sum_w popcount(gx(i)_w & gy(rp, j)_w).
+template <typename T, typename Acc>
+inline void gate_row(T* __restrict out, const Acc& acc, const uint64_t* __restrict gxa, int64_t i,
                      const uint64_t* __restrict gy0, int64_t P, int W, int words) {
     if (words == 1) {
         const uint64_t g = gxa[i];
-        for (int j = 0; j < W; ++j) out[j] = static_cast<T>(__builtin_popcountll(g & gy0[j])) * acc[j];
+        for (int j = 0; j < W; ++j) out[j] = static_cast<T>(__builtin_popcountll(g & gy0[j])) * acc(j);
     } else if (words == 2) {
         const uint64_t g0 = gxa[i], g1 = gxa[P + i];
         const uint64_t* __restrict gy1 = gy0 + P;
         for (int j = 0; j < W; ++j)
-            out[j] = static_cast<T>(__builtin_popcountll(g0 & gy0[j]) + __builtin_popcountll(g1 & gy1[j])) * acc[j];
+            out[j] = static_cast<T>(__builtin_popcountll(g0 & gy0[j]) + __builtin_popcountll(g1 & gy1[j])) * acc(j);
     } else {
         for (int j = 0; j < W; ++j) {
             int64_t cnt = 0;
             for (int w = 0; w < words; ++w) cnt += __builtin_popcountll(gxa[(size_t)w * P + i] & gy0[(size_t)w * P + j]);
-            out[j] = static_cast<T>(cnt) * acc[j];
+            out[j] = static_cast<T>(cnt) * acc(j);
         }
     }
 }
@@ -199,9 +199,16 @@ void diagonal_step(const Source<T>& src, T* __restrict dst, Layout out_layout, d
         }
         for (int c = 0; c < W; ++c) {
             for (int q = 0; q < k; ++q) rows[q] = slabs[q] + (size_t)c * W;
-            sum_rows(acc, rows, k, W, bias);
             T* orow = sum ? buf.row.data() : out + c * ostride;
-            gate_row(orow, acc, gxa, (int64_t)r * W + c, gyb + (size_t)rp * W, P, W, L.words);
+            const int64_t i = (int64_t)r * W + c;
+            const uint64_t* gy0 = gyb + (size_t)rp * W;
+            if (k == 3) {                       // the row sum of a 3-row kernel, fused into the gate product
+                const T *__restrict r0 = rows[0], *__restrict r1 = rows[1], *__restrict r2 = rows[2];
+                gate_row(orow, [&](int j) { return bias + r0[j] + r1[j] + r2[j]; }, gxa, i, gy0, P, W, L.words);
+            } else {
+                sum_rows(acc, rows, k, W, bias);
+                gate_row(orow, [&](int j) { return acc[j]; }, gxa, i, gy0, P, W, L.words);
+            }
             if (sum) {
                 double total = 0;
                 for (int j = 0; j < W; ++j) total += orow[j];
