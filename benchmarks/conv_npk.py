@@ -209,7 +209,7 @@ def main() -> None:
               + " ".join(f"{1e3 * f[m]['overlaps']:>6.4f}|{1e3 * f[m]['floor']:<6.4f}" for m in methods))
     print("(each cell: overlaps | floor)\n")
     print(f"{'case':<8} {'data':<15} {'N':>5} {'pairs':>9} {'npk ms/pair':>11} {'today ms/pair':>13} {'today/npk':>9} "
-          f"{'max rel diff':>12} {'npk peak MiB':>12} {'floor ms':>9} {'floor/npk':>9}")
+          f"{'max rel diff':>12} {'npk peak MiB':>12} {'floor ms':>9} {'floor/npk':>9} {'overlaps/npk':>12}")
     for case, n, n_ref in zip(CASES, n_fast, n_today):
         job = {"case": case, "device": args.device, "threads": args.threads, "cifar_root": args.cifar_root,
                "corner": min(n_ref, n)}
@@ -221,17 +221,19 @@ def main() -> None:
         fast_ms, today_ms = 1e3 * fast["seconds"] / fast["pairs"], 1e3 * today["seconds"] / today["pairs"]
         a, b = np.array(fast["corner"]), np.array(today["corner"])
         diff = np.abs(a - b).max() / np.abs(b).max()
-        floor_ms = 1e3 * floors(rates, case)[used]["floor"]
+        floor_ms, overlap_ms = (1e3 * floors(rates, case)[used][k] for k in ("floor", "overlaps"))
         print(f"{case:<8} {fast['source']:<15} {CIFAR_GRAM if case == 'cifar64' else n:>5} {fast['pairs']:>9} "
               f"{fast_ms:>11.4f} {today_ms:>13.4f} {today_ms / fast_ms:>9.1f} {diff:>12.1e} "
-              f"{fast['peak_mib']:>12.0f} {floor_ms:>9.4f} {floor_ms / fast_ms:>9.2f}", flush=True)
+              f"{fast['peak_mib']:>12.0f} {floor_ms:>9.4f} {floor_ms / fast_ms:>9.2f} {overlap_ms / fast_ms:>12.2f}",
+              flush=True)
         if case == "cifar64":
             full = CIFAR_GRAM * (CIFAR_GRAM + 1) // 2
             print(f"  -> a Gram of {CIFAR_GRAM:,} images ({full:,} pairs) at this rate: "
                   f"{fast_ms * full / 6e4:.1f} min, peak memory growth {fast['peak_mib']:.0f} MiB "
                   f"(measured: {n} rows x {CIFAR_GRAM} images with the gates of all {CIFAR_GRAM})")
-    print(f"\nnpk: the default path (floor column: overlaps by {used}); today: the generic rules, on the first "
-          f"{list(n_today)} images; max rel diff over those; load average at the end {os.getloadavg()[0]:.1f}")
+    print(f"\nnpk: the default path (floor: overlaps by {used}, or the pass over the pair kernel per layer that "
+          f"the generic rules make; overlaps/npk: against the overlaps alone); today: the generic rules, on the "
+          f"first {list(n_today)} images; max rel diff over those; load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
