@@ -53,7 +53,9 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .. import graph
 
 BACKENDS = ("auto", "extension", "torch", "off")
-_state = {"backend": os.environ.get("NPK_CONV_BACKEND", "auto")}
+_state = {"backend": os.environ.get("NPK_CONV_BACKEND", "auto")}       # the default, e.g. for a whole test run
+if _state["backend"] not in BACKENDS:
+    raise ValueError(f"NPK_CONV_BACKEND must be one of {list(BACKENDS)}, got {_state['backend']!r}")
 # channels per chunk whose 0/1 overlaps a low-precision GEMM computes exactly (integers up to 2^8, 2^11)
 EXACT_CHUNK = {torch.bfloat16: 256, torch.float16: 2048}
 CHUNK_ROWS = 64         # samples per chunk when checking and packing a whole gate tensor
@@ -61,8 +63,11 @@ CHUNK_ROWS = 64         # samples per chunk when checking and packing a whole ga
 
 @contextlib.contextmanager
 def backend(name: str) -> Iterator[None]:
-    """Use `name` for conv runs inside the block: "auto" (the extension where it applies, else torch),
-    "extension" (error if it cannot run), "torch", or "off" (the generic op rules only).
+    """Use `name` for conv runs inside the block (the default comes from $NPK_CONV_BACKEND, else "auto").
+
+    Args:
+        name: "auto" (the extension where it applies, else torch), "extension" (a RuntimeError where it
+            cannot run), "torch", or "off" (the generic op rules only).
 
     Example:
         >>> with backend("torch"):
@@ -118,12 +123,21 @@ def _handled(op) -> bool:
 
 
 def fused_run(ops: Sequence[graph.Op], start: int, M: torch.Tensor, ctx) -> tuple[torch.Tensor, int] | None:
-    """Apply the run of gated convs at ops[start:] to M; returns (M, index after the run), or None when
-    there is no run there or the backend is "off" (the caller then applies ops[start] generically).
-    The extension also takes a GlobalAvgPool right after the run (it returns the (n, m) means then).
+    """Apply the run of gated convs at ops[start:] to M (`npk.kernels.npk.propagate` calls it at every op).
 
-    ctx carries the block's gates (ctx.gx, ctx.gy: one tensor (n, C, *S) per gated layer, float, bool
-    or uint8).
+    Args:
+        ops, start: the op list and where the run would begin.
+        M: the block's pair kernel (n, m, *S, *S).
+        ctx: the block's gates, ctx.gx and ctx.gy: one tensor (n, C, *S) per gated layer, float, bool
+            or uint8.
+
+    Returns:
+        (M after the run, index of the next op), or None when there is no run at `start` or the backend
+        is "off" (the caller then applies ops[start] generically). The extension also takes a
+        GlobalAvgPool right after the run: M is then the (n, m) means.
+
+    Example:
+        >>> fused_run(model.ops, 0, M, GatePair(gx, gy))      # C4GAP: (M of shape (n, m), 9)
     """
     run = _plan(ops, start, M, ctx)
     if run is None:
@@ -135,9 +149,20 @@ def fused_run(ops: Sequence[graph.Op], start: int, M: torch.Tensor, ctx) -> tupl
 
 
 def input_run(model, X: torch.Tensor, Y: torch.Tensor, ctx) -> tuple[torch.Tensor, int] | None:
-    """The run at the start of model.ops applied by the extension straight to the inputs, which forms
-    the input pair kernel (sum_c x(i, c) x'(i', c), or the channel count for an all-ones input) on
-    the fly: (M, index after the run), or None when the extension does not take that run."""
+    """The run at the start of model.ops applied by the extension straight to the inputs.
+
+    The kernel forms the input pair kernel (sum_c x(i, c) x'(i', c), or the channel count for an
+    all-ones value input) on the fly, so it is never stored.
+
+    Args:
+        model: the gated net; X (n, *input_shape), Y (m, *input_shape): the block's inputs; ctx: gates.
+
+    Returns:
+        (M after the run, index of the next op), or None when the extension does not take that run.
+
+    Example:
+        >>> input_run(model, X, Y, GatePair(gx, gy))          # C4GAP on a CPU: (M of shape (n, m), 9)
+    """
     run = _plan(model.ops, 0, X, ctx)
     if run is None or not run[2]:
         return None
@@ -219,7 +244,13 @@ def _rows_of(g: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 # ------------------------------------------------------------------------------- extension backend
 def pack_bits(g: torch.Tensor) -> torch.Tensor:
-    """0/1 gates (n, C, *S) as (n, ceil(C / 64), P) int64 words: channel 64 w + b is bit b of word w.
+    """Bit-pack 0/1 gates for the extension.
+
+    Args:
+        g: gates (n, C, *S), any dtype; nonzero counts as 1.
+
+    Returns:
+        (n, ceil(C / 64), P) int64 words, P = prod(S): channel 64 w + b is bit b of word w.
 
     Example:
         >>> pack_bits(torch.ones(1, 3, 2))       # channels 0, 1, 2 on at both positions: 0b111
@@ -283,11 +314,17 @@ def _run_torch(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
 
 def exact_overlap(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype, hard: bool,
                   low: torch.dtype | None = None) -> torch.Tensor:
-    """ov(i, i') = sum_c A(i, c) B(i', c) for A (n, C, *S), B (m, C, *S), shape (n, m, *S, *S), in `dtype`.
+    """Gate overlaps ov(i, i') = sum_c A(i, c) B(i', c), exact for 0/1 gates in a low-precision GEMM.
 
-    With hard (0/1) gates the GEMMs run in `low` (default: bfloat16 on CPU, float16 on CUDA) over
-    channel chunks small enough that every sum is an integer the format holds exactly; otherwise in
-    `dtype`.
+    Args:
+        A, B: gates (n, C, *S) and (m, C, *S).
+        dtype: the dtype of the result.
+        hard: whether the gates are 0/1; then the GEMMs run in `low` (default bfloat16 on CPU,
+            float16 on CUDA) over channel chunks small enough that every sum is an integer the format
+            holds exactly; otherwise in `dtype`.
+
+    Returns:
+        ov, shape (n, m, *S, *S), in `dtype`.
 
     Example:
         >>> g = torch.ones(1, 300, 2)
