@@ -83,6 +83,7 @@ def test_fails_when_the_fused_conv_kernel_reads_wrong_gates(monkeypatch):
     model = tiny_conv("zeros")
     pack_bits = conv_fast.pack_bits
     monkeypatch.setattr(conv_fast, "pack_bits", lambda g: pack_bits(1 - g))
+    monkeypatch.setitem(conv_fast._state, "backend", "extension")
     result = duality(model, data((2, 5)))
     assert not result.passed
     assert result.details["gram_error"] > 0.01 and result.details["output_error"] < 1e-10
