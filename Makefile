@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-test demo test bench data clean
+.PHONY: install install-test demo test bench data clean ext
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,16 @@ $(PY):
 install: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==$(TORCH_VERSION)
 	$(PIP) install --quiet -e .
+	@$(MAKE) --no-print-directory ext
+
+# The C++ kernel of the exact conv NPK (npk/kernels/conv_fast.py), for this machine's CPU; best effort:
+# without it (no g++) npk uses its pure-torch rules.
+CXX ?= g++
+EXT := npk/kernels/_conv_npk.so
+ext: $(EXT)
+$(EXT): csrc/conv_npk.cpp
+	@$(CXX) -O3 -fno-tree-loop-distribute-patterns -march=native -pthread -shared -fPIC -o $@ $< || \
+	  (rm -f $@; echo "note: the conv NPK extension did not build; npk falls back to its torch rules")
 
 install-test: install
 	$(PIP) install --quiet -e ".[dev,ntref,dist]"
@@ -40,4 +50,4 @@ bench: install-test
 	$(PY) benchmarks/ntk.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info runs
+	rm -rf $(VENV) build *.egg-info runs $(EXT)

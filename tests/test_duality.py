@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from npk import graph
+from npk.kernels import compact, conv_fast
 from npk.kernels import npk as npk_module
 from npk.models.base import GatedNet
 from npk.models.fc import DLGN, DNN
@@ -63,12 +64,28 @@ def test_fails_when_the_gates_are_not_the_forward_ones(monkeypatch):
 
 
 def test_fails_when_an_npk_rule_is_wrong(monkeypatch):
-    """Treating zero padding as circular in the conv rule must be caught by the Gram half of the check."""
+    """Treating zero padding as circular in the conv rule must be caught by the Gram half of the check.
+
+    (The generic rules, where the wrong rule is planted: the fused conv path does not call conv_sum.)
+    """
     model = tiny_conv("zeros")
     assert duality(model, data((2, 5))).passed
     conv_sum = npk_module.conv_sum
     monkeypatch.setattr(npk_module, "conv_sum",
                         lambda M, axes: conv_sum(M, [dataclasses.replace(a, circular=True) for a in axes]))
+    monkeypatch.setitem(conv_fast._state, "backend", "off")
+    result = duality(model, data((2, 5)))
+    assert not result.passed
+    assert result.details["gram_error"] > 0.01 and result.details["output_error"] < 1e-10
+
+
+@pytest.mark.skipif(conv_fast.extension() is None, reason="the conv NPK extension is not built (make ext)")
+def test_fails_when_the_fused_conv_kernel_reads_wrong_gates(monkeypatch):
+    """The default path for conv nets is checked too: wrongly packed gates must fail the Gram half."""
+    model = tiny_conv("zeros")
+    pack_bits = compact.pack_bits
+    monkeypatch.setattr(compact, "pack_bits", lambda g: pack_bits(1 - g))
+    monkeypatch.setitem(conv_fast._state, "backend", "extension")
     result = duality(model, data((2, 5)))
     assert not result.passed
     assert result.details["gram_error"] > 0.01 and result.details["output_error"] < 1e-10

@@ -32,9 +32,10 @@ from typing import Sequence
 import torch
 
 from .. import graph
+from . import conv_fast
 from ..models.base import GatedNet, check_input
 from ..models.gates import check_kind
-from .compact import compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates, unpack_gates
+from .compact import LayerGates, compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates, unpack_gates
 from .gram import TileKernel, available_memory, blocked_gram, dtype_size, preflight
 from ..validate import check_gram_request
 
@@ -124,7 +125,7 @@ class NPKTiles(TileKernel):
 
     def prepare(self, xs):
         X, gates = xs if self.precomputed else (xs, model_gates(self.model, xs, self.kind))
-        return X, unpack_gates(gates, self.dtype)
+        return X, LayerGates(gates, self.dtype)
 
     def tile(self, fx, fy) -> torch.Tensor:
         return pair_kernel(self.model, fx[0], fy[0], fx[1], fy[1])
@@ -139,16 +140,15 @@ def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[
     """NPK of one tile: propagate the input pair kernel through the model's op list.
 
     gx, gy: the gates of X and Y, one float tensor per gated layer, or compact (`npk.kernels.compact`:
-    PackedGates / DenseGates), unpacked here to X's dtype.
+    PackedGates / DenseGates, or LayerGates), read as X's dtype, each layer unpacked only when a rule
+    reads it as floats (the fused conv kernel reads the packed bits). A first run of gated convs that the fused
+    conv kernel takes (`npk.kernels.conv_fast`) forms the input pair kernel itself.
     """
-    gx, gy = unpack_gates(gx, X.dtype), unpack_gates(gy, X.dtype)
-    if model.value_input == "ones":
-        spatial = X.shape[2:]
-        M = torch.full((len(X), len(Y), *spatial, *spatial), float(X.shape[1]), dtype=X.dtype, device=X.device)
-    else:
-        M = overlap(X, Y)
+    gx, gy = (g if isinstance(g, LayerGates) else LayerGates(g, X.dtype) for g in (gx, gy))
     ctx = GatePair(gx, gy, kernel_selections(model, X), kernel_selections(model, Y), graph.channel_plan(model.ops))
-    H = propagate(model.ops, Pair(M, "sum", X.shape[1]), ctx).summed()
+    fused = conv_fast.input_run(model, X, Y, ctx)
+    M, start = fused if fused else (input_kernel(model, X, Y), 0)
+    H = propagate(model.ops[start:], Pair(M, "sum", X.shape[1]), ctx).summed()
     if not torch.isfinite(H).all():
         raise OverflowError(f"the NPK overflowed {H.dtype}: it sums every path, about prod over layers of "
                             f"(kernel taps x channels / 2), beyond the dtype's range for deep wide nets; "
@@ -156,19 +156,31 @@ def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[
     return H
 
 
+def input_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """M(i, i') = sum_c x(i, c) x'(i', c), or the channel count for an all-ones value input."""
+    if model.value_input == "ones":
+        spatial = X.shape[2:]
+        return torch.full((len(X), len(Y), *spatial, *spatial), float(X.shape[1]), dtype=X.dtype, device=X.device)
+    return overlap(X, Y)
+
+
 @dataclass
 class GatePair:
     """The gates of the two sides of a block (one tensor per gated layer each), as the op rules read them.
 
-    sx, sy: the max-pool selections of each side; keep: the ids of the gates whose output keeps one
-    kernel per channel (`npk.graph.channel_plan`).
+    gx, gy: `LayerGates` (a sequence of tensors, or compact gates, is wrapped); sx, sy: the max-pool
+    selections of each side; keep: the ids of the gates whose output keeps one kernel per channel
+    (`npk.graph.channel_plan`).
     """
 
-    gx: Sequence[torch.Tensor]
-    gy: Sequence[torch.Tensor]
+    gx: LayerGates
+    gy: LayerGates
     sx: Sequence[torch.Tensor] = ()
     sy: Sequence[torch.Tensor] = ()
     keep: frozenset | set = frozenset()
+
+    def __post_init__(self):
+        self.gx, self.gy = (g if isinstance(g, LayerGates) else LayerGates(g) for g in (self.gx, self.gy))
 
 
 @dataclass
@@ -202,18 +214,25 @@ class Pair:
 
 
 def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair) -> Pair | torch.Tensor:
-    """Carry the pair kernel through `ops`: the channel-aware ops here, the rest by `pair_rule`.
+    """Carry the pair kernel through `ops`: runs of gated convs by the fused rules of `conv_fast`, the
+    channel-aware ops here, the rest by `pair_rule`.
 
     Given a tensor (a summed input kernel), returns the summed tensor, planning the channels itself.
     """
     if isinstance(state, torch.Tensor):
         ctx = GatePair(ctx.gx, ctx.gy, ctx.sx, ctx.sy, graph.channel_plan(ops))
         return propagate(ops, Pair(state, "sum", 1), ctx).summed()
-    for i, op in enumerate(ops):
-        if isinstance(op, graph.MaxPool) and i > 0 and isinstance(ops[i - 1], graph.Gate):
+    i = 0
+    while i < len(ops):
+        fused = conv_fast.fused_run(ops, i, state.summed(), ctx) if conv_fast.starts_run(ops, i, ctx) else None
+        if fused:
+            state, i = Pair(fused[0], "sum", 1), fused[1]
+            continue
+        op, i = ops[i], i + 1
+        if isinstance(op, graph.MaxPool) and i > 1 and isinstance(ops[i - 2], graph.Gate):
             continue                                # read with its gate (`graph.validate`: always after one)
-        if isinstance(op, graph.Gate) and i + 1 < len(ops) and isinstance(ops[i + 1], graph.MaxPool):
-            state = gated_select_rule(op, ops[i + 1], state, ctx)
+        if isinstance(op, graph.Gate) and i < len(ops) and isinstance(ops[i], graph.MaxPool):
+            state = gated_select_rule(op, ops[i], state, ctx)
         elif isinstance(op, graph.Gate):
             state = gate_rule(op, state, ctx)
         elif isinstance(op, graph.Residual):
@@ -311,7 +330,7 @@ def _(op: graph.Linear, M, ctx):
 
 @pair_rule.register
 def _(op: graph.Gate, M, ctx):
-    return overlap(ctx.gx[op.layer], ctx.gy[op.layer]).mul_(M)
+    return overlap(ctx.gx[op.layer].to(M.dtype), ctx.gy[op.layer].to(M.dtype)).mul_(M)
 
 
 @pair_rule.register
