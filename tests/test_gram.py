@@ -1,8 +1,6 @@
 """The blocked-Gram driver: tiles, compact gates, preflight, out-of-core output and the tile store."""
 import os
 import socket
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -17,6 +15,8 @@ from npk.kernels.ntk import ntk_gram
 from npk.kernels.reference import reference_npk
 from npk.kernels.store import TileStore, atomic_write
 from npk.models import C4GAP, DGN, ConvDGN
+
+from test_locks import holder as lock_holder
 
 
 class Dot(TileKernel):
@@ -216,15 +216,14 @@ def test_a_corrupt_tile_is_recomputed_with_a_warning_naming_its_file(tmp_path, d
 
 def test_a_store_in_use_by_a_live_process_is_refused_and_a_dead_ones_claim_is_taken_over(tmp_path):
     model, X = conv_model(), images(5)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = lock_holder(tmp_path / "lock")
     try:
-        (tmp_path / "lock").write_text(f"{sleeper.pid} {socket.gethostname()}")
-        with pytest.raises(RuntimeError, match=f"in use by pid {sleeper.pid}"):
+        with pytest.raises(RuntimeError, match=f"in use by pid {holder.pid} since .* on {socket.gethostname()}"):
             npk_gram(model, X, checkpoint_dir=tmp_path)
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    H = npk_gram(model, X, checkpoint_dir=tmp_path)                  # the sleeper is dead: its claim is stale
+        holder.kill()
+        holder.wait()
+    H = npk_gram(model, X, checkpoint_dir=tmp_path)                  # the holder is dead: its claim is stale
     assert torch.equal(H, npk_gram(model, X)) and not (tmp_path / "lock").exists()
 
 

@@ -2,9 +2,9 @@
 
 Beside a run folder <parent>/<name>:
 
-    .<name>.lock   held (fcntl.flock) by the one process writing the folder, and holding its pid and
-                   start time; the kernel drops the lock when that process dies, so the lock of a killed
-                   run is taken over (with a note). A clean exit deletes it.
+    .<name>.lock   held (npk.locks: fcntl.flock) by the one process writing the folder, and holding its
+                   pid, start time and host; the kernel drops the lock when that process dies, so the lock
+                   of a killed run is taken over (with a note). A clean exit deletes it.
     .<name>.new    where a forced rerun (force=True) builds the new run: swapped in when it finishes,
                    so the folder holds either the old finished run or the new one, never a mix; an
                    interrupted forced rerun resumes from it on the next forced run.
@@ -16,13 +16,13 @@ lists the unfinished runs there.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import time
 from pathlib import Path
 
+from ..locks import FolderLock, LockBusy, running
 from ..report import RESULTS, write_json
 
 KEEP_NOTHING = {"config.json", "versions.json", RESULTS, "report.md", "cache"}  # a folder of only these is empty
@@ -61,7 +61,7 @@ class RunFolder:
         self.target, self.force = Path(os.path.abspath(target)), force
         self.notes: list[str] = []
         self.lock_path = sibling(self.target, "lock")
-        self._lock = None
+        self._lock = FolderLock(self.lock_path)
 
     def __enter__(self) -> "RunFolder":
         self._make_parent()
@@ -69,12 +69,12 @@ class RunFolder:
         try:
             self._prepare()
         except BaseException:
-            self._release()
+            self._lock.release()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self._release()
+        self._lock.release()
 
     # ------------------------------------------------------------------ lock
     def _make_parent(self) -> None:
@@ -90,39 +90,14 @@ class RunFolder:
                                  f"expected a folder path this user may create") from e
 
     def _acquire(self) -> None:
-        while True:
-            f = open(self.lock_path, "a+", encoding="utf-8")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = _holder(f.read())
-                f.close()
-                raise RunFolderBusy(f"{self.target}: in use by {holder} (another npk run writes there); wait "
-                                    f"for it to finish, or choose another folder") from None
-            try:  # a run that released the lock deleted the file: then lock the new one
-                if os.stat(self.lock_path).st_ino == os.fstat(f.fileno()).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            f.close()
-        f.seek(0)
-        previous = f.read().strip()
-        if previous:
-            self.notes.append(f"took over the lock of {self.target} from {_holder(previous)}, which ended "
+        try:
+            self._lock.acquire()
+        except LockBusy as busy:
+            raise RunFolderBusy(f"{self.target}: in use by {busy.holder} (another npk run writes there); wait "
+                                f"for it to finish, or choose another folder") from None
+        if self._lock.taken_over:
+            self.notes.append(f"took over the lock of {self.target} from {self._lock.taken_over}, which ended "
                               f"without releasing it (killed?)")
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"pid": os.getpid(), "since": now()}))
-        f.flush()
-        os.fsync(f.fileno())
-        self._lock = f
-
-    def _release(self) -> None:
-        if self._lock is not None:
-            self.lock_path.unlink(missing_ok=True)  # while still holding it (see _acquire)
-            self._lock.close()
-            self._lock = None
 
     # ------------------------------------------------------------------ folders
     def _prepare(self) -> None:
@@ -179,15 +154,6 @@ class RunFolder:
         write_json(self.path / RESULTS, results)
 
 
-def _holder(text: str) -> str:
-    """'pid N since T' from a lock file's content."""
-    try:
-        info = json.loads(text)
-        return f"pid {info['pid']} since {info['since']}"
-    except (ValueError, KeyError, TypeError):
-        return "another process (starting)"
-
-
 def _results(folder: Path) -> dict:
     try:
         results = json.loads((folder / RESULTS).read_text(encoding="utf-8"))
@@ -204,15 +170,6 @@ def _nothing_saved(folder: Path) -> bool:
     return not cache.exists() or not any(cache.iterdir())
 
 
-def _running(target: Path) -> bool:
-    """True when the lock file of `target` names a live process."""
-    try:
-        os.kill(json.loads(sibling(target, "lock").read_text(encoding="utf-8"))["pid"], 0)
-        return True
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
 def unfinished_runs(parent: Path, skip=(), limit: int = 5) -> list[str]:
     """'name (why it stopped)' for the run folders in `parent` (they hold config.json and versions.json)
     whose run is unfinished and not running; at most `limit` of them, then how many more."""
@@ -220,7 +177,8 @@ def unfinished_runs(parent: Path, skip=(), limit: int = 5) -> list[str]:
     try:
         folders = sorted(p for p in parent.iterdir() if not p.name.startswith(".") and p.name not in skip)
         for folder in folders:
-            if not ((folder / "config.json").is_file() and (folder / "versions.json").is_file()) or _running(folder):
+            is_run = (folder / "config.json").is_file() and (folder / "versions.json").is_file()
+            if not is_run or running(sibling(folder, "lock")):
                 continue
             results = _results(folder)
             if results.get("finished") is not True:

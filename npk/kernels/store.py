@@ -4,7 +4,9 @@ A store is a folder holding
     gram.json        the fingerprint of the Gram it belongs to: model (architecture and weights), inputs,
                      kernel and options, tiling. Opening the folder for another Gram is refused, naming
                      the parts that differ.
-    lock             "pid host" of the process filling it; a second live writer is refused ("in use by pid N")
+    lock             held (npk.locks: fcntl.flock) by the process filling it, naming its pid, start time and
+                     host; a second live writer is refused ("in use by pid N since T on HOST"), a killed
+                     one's lock is taken over
     tile_I_J.pt      one record per finished tile: its sha256 and, unless the tiles live in an output
                      file (out=), the tile itself
 Records are written under a temporary name unique to the writer and moved into place (atomic), loaded
@@ -16,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import uuid
 import warnings
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from ..locks import FolderLock, LockBusy
 
 META_FILE, LOCK_FILE = "gram.json", "lock"
 
@@ -93,7 +96,7 @@ class TileStore:
         self.dir = Path(directory).absolute()     # absolute: Dask workers write records there too
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint, self.holds_tiles = json.loads(json.dumps(fingerprint)), holds_tiles
-        self._locked = False
+        self._claim = FolderLock(self.dir / LOCK_FILE)   # the client's only: Dask workers never take it
 
     def __enter__(self) -> "TileStore":
         self._lock()
@@ -125,28 +128,14 @@ class TileStore:
 
     def _lock(self) -> None:
         """Claim the folder: refuse if another live process holds it; take over a dead process's claim."""
-        path, me = self.dir / LOCK_FILE, f"{os.getpid()} {socket.gethostname()}"
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = _read(path)
-                if holder and holder != me and _alive(holder):
-                    pid, _, host = holder.partition(" ")
-                    raise RuntimeError(f"{self.dir} is in use by pid {pid} on {host}; wait for it to finish, "
-                                       f"or give this Gram another checkpoint_dir")
-                path.unlink(missing_ok=True)   # our own or a dead process's claim
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self._locked = True
-            return
-        raise RuntimeError(f"could not claim {path}; another process keeps taking it")
+        try:
+            self._claim.acquire()
+        except LockBusy as busy:
+            raise RuntimeError(f"{self.dir} is in use by {busy.holder}; wait for it to finish, or give this "
+                               f"Gram another checkpoint_dir") from None
 
     def close(self) -> None:
-        if self._locked and _read(self.dir / LOCK_FILE) == f"{os.getpid()} {socket.gethostname()}":
-            (self.dir / LOCK_FILE).unlink(missing_ok=True)
-        self._locked = False
+        self._claim.release()
 
     # ---------------------------------------------------------------------------- records
     def path(self, i: int, j: int) -> Path:
@@ -179,24 +168,3 @@ def write_record(path: Path, tile: torch.Tensor, with_tile: bool) -> None:
     tile = tile.detach().cpu()
     record = {"sha256": checksum(tile), **({"tile": tile} if with_tile else {})}
     atomic_write(path, lambda tmp: torch.save(record, tmp))
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
-
-
-def _alive(holder: str) -> bool:
-    """Whether the 'pid host' holder still runs (another host: assumed alive, it cannot be checked)."""
-    pid, _, host = holder.partition(" ")
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
