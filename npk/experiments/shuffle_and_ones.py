@@ -71,7 +71,7 @@ def run_kind(run, family: str, kind: str, data, cfg: dict, seed: int) -> dict:
     "on shuffled gates does as well as on the original ones (2203.16455).",
     defaults=dict(dataset="digits", data_root=None, n_train=None, n_test=None, seed=0, n_seeds=1, family="fc",
                   kinds=["dlgn", "dgn"], widths=[128] * 3, channels=[16] * 4, dense_widths=[], padding="zero",
-                  res_width=64, res_blocks=3, conv_preset=None, res_preset=None, gate="soft", beta=4.0,
+                  res_width=64, res_blocks=3, conv_preset=None, res_preset=None, gate="soft", beta=4.0, eps=0.0,
                   epochs=10, batch_size=32, optimizer="adam", lr=3e-3, npk_samples=300, device="cpu"),
     quick=dict(n_train=200, n_test=100, widths=[32, 32], channels=[4, 4], res_width=16, res_blocks=2, epochs=2,
                lr=1e-2, npk_samples=50),
