@@ -174,12 +174,13 @@ def test_shuffle_and_ones(shuffle):
     path, r = shuffle
     assert list(r["accuracy"]) == ["dlgn", "dgn"]
     for kind, s in r["accuracy"].items():
-        for setting in ("x", "ones", "fixed", "shuffled"):
+        for setting in ("x", "ones", "fixed", "layers", "units"):
             check_summary(s[setting], n_runs=1, low=0.3)
-        # a unit permutation leaves the FC NPK unchanged (up to float64 rounding) ...
-        assert s["npk"]["relative"] < 1e-12
-        # ... but the trained value weights belong to the original unit order
-        assert s["shuffled-as-is"]["best"]["mean"] < s["x"]["best"]["mean"] - 0.2
+        for over in ("layers", "units"):
+            # a unit or layer permutation leaves the FC NPK (equal widths) unchanged, up to float64 rounding ...
+            assert s["npk"][over]["relative"] < 1e-12
+            # ... but the trained value weights belong to the original order
+            assert s[f"{over}-as-is"]["best"]["mean"] < s["x"]["best"]["mean"] - 0.2
     check_figure(path, "shuffle-and-ones.png")
 
 

@@ -22,7 +22,7 @@ ReLU network's own initial weights) is not the paper's FLNPF: it asks whether th
 with the *same* initial values, recover the ReLU network, and is kept as that option only.
 
 `gate_copy` is FLNPF from a saved state (the gate-copying study; the state at initialisation gives
-FRNPF-II), `shuffled_gates` permutes the units (channels) of every gated layer or the gated layers
+FRNPF-II), `shuffled_gates` permutes the units (channels) of every gated layer, or the gated layers
 themselves, the same way for every input, and `dnn_as_dgn` rewrites a ReLU network as the DGN that
 computes the same function (its gating network a copy of its hidden layers).
 
@@ -158,18 +158,42 @@ def gate_copy(template: GatedNet, checkpoint: str | os.PathLike | Mapping) -> Ga
     return fixed_learnt_gates(trained, fresh_value_network(template))
 
 
-def shuffled_gates(model: GatedNet, seed: int = 0) -> GatedNet:
-    """A copy whose gates are permuted along the units (channels) of every gated layer.
+SHUFFLES = ("units", "layers")
 
-    Layer l's gates become G_l[:, pi_l] with one random permutation pi_l per layer (seeded), the same
-    for every input. A DNN is first rewritten as the DGN with its own gates (`dnn_as_dgn`). In a fully
-    connected net the NPK is unchanged, since G_l P (G_l P)^T = G_l G_l^T for a permutation matrix P.
+
+def shuffled_gates(model: GatedNet, seed: int = 0, over: str = "units") -> GatedNet:
+    """A copy whose gates are permuted, the same way for every input: along the units of every gated layer
+    (over="units") or across the gated layers (over="layers").
+
+    units:  layer l's gates become G_l[:, pi_l], one random permutation pi_l per layer (seeded). In a fully
+            connected net the NPK is unchanged, G_l P (G_l P)^T = G_l G_l^T: a relabelling, the control.
+    layers: layer l's gates become G_{pi(l)}, one random permutation pi of the layers that moves at least
+            one layer (seeded; needs two gated layers of equal gate shape). The fully connected NPK,
+            <x, x'> prod_l overlap_l, is a product over layers, so it is unchanged when the widths agree;
+            convolutions, with their sums over offsets between layers, do not commute like that
+            (`npk.theory.layer_permutation` measures both). This reading of 2203.16455's "the gating masks
+            can be shuffled" is the layer one; the unit one cannot change anything the NPK sees.
+    A DNN is first rewritten as the DGN with its own gates (`dnn_as_dgn`).
+
+    Example:
+        >>> shuffled = shuffled_gates(dlgn, seed=1, over="layers")
     """
     _check_model(model, "model")
+    if over not in SHUFFLES:
+        raise ValueError(f"over must be one of {SHUFFLES} (permute the units of each layer, or the layers), "
+                         f"got {over!r}")
     shuffled = dnn_as_dgn(model) if model.gating == "self" else copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
-    units = [m.weight.shape[0] for m in shuffled.value_layers[:shuffled.n_gated]]
-    shuffled.set_gate_permutations([torch.randperm(n, generator=generator) for n in units])
+    if over == "units":
+        units = [m.weight.shape[0] for m in shuffled.value_layers[:shuffled.n_gated]]
+        shuffled.set_gate_permutations([torch.randperm(n, generator=generator) for n in units])
+        return shuffled
+    if shuffled.n_gated < 2:
+        raise ValueError(f"a layer permutation needs at least two gated layers, the model has {shuffled.n_gated}")
+    order = list(range(shuffled.n_gated))
+    while order == list(range(shuffled.n_gated)):
+        order = torch.randperm(shuffled.n_gated, generator=generator).tolist()
+    shuffled.set_layer_order(order)
     return shuffled
 
 
