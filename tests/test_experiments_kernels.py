@@ -76,6 +76,7 @@ def test_theorems_pass_where_they_hold_and_fail_where_broken(theorems_run):
     for slug in ("ensemble-1", "ensemble-2"):
         share = checks[slug]["details"]["depth_share"]
         assert len(share) == checks[slug]["details"]["n_blocks"] + 1 and abs(sum(share) - 1) < 1e-10
+        assert checks[slug]["details"]["reference_error"] < 1e-12   # every H^J against its path enumeration
     report = figures_in_report(folder, [c["figure"] for c in checks.values()])
     assert report.count("| expected to fail |") == len(EXPECTED_FAIL) and "16 of 16 checks" in report
 

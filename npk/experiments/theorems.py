@@ -199,9 +199,11 @@ def _report(run, records: list[dict]) -> None:
     ensemble = [r for r in records if r["check"] == "ensemble_decomposition"]
     report.paragraph("Residual ensemble: the share of H carried by the sub-networks through k blocks, "
                      "sum_{|J| = k} H^J / H averaged over pairs (the shares sum to 1).")
-    report.table([[r["details"]["n_blocks"], r["details"]["decomposition_error"], r["details"]["closed_form_error"],
+    report.table([[r["details"]["n_blocks"], r["details"]["decomposition_error"], r["details"]["reference_error"],
+                   r["details"]["closed_form_error"],
                    ", ".join(f"k={k}: {s:.3f}" for k, s in enumerate(r["details"]["depth_share"]))]
-                  for r in ensemble], ["blocks", "sum_J H^J error", "closed-form error", "depth shares"],
+                  for r in ensemble], ["blocks", "sum_J H^J error", "H^J vs path enumeration", "closed-form error",
+                                       "depth shares"],
                  floatfmt=".3g")
     for r in records:
         report.figure(run.figure_path(r["figure"]), f"{r['check']} on {r['case']}: "
