@@ -152,14 +152,14 @@ def run_case(run, case: Case) -> dict:
     "with fixed gates, rotational invariance of circular conv + GAP NPKs, the residual ensemble) and fail "
     "where a hypothesis is broken (zero padding, flatten head, a wrong constant).",
     defaults=dict(dataset="digits", data_root=None, n_train=None, n_test=None, seed=0, n_samples=6,
-                  ntk_widths=[16, 64, 256], ntk_draws=100, ntk_sweep_draws=8,
+                  ntk_widths=[64, 256, 1024], ntk_draws=200, ntk_sweep_draws=8,
                   n_images=4, image_channels=[8, 8], image_shifts=None, ensemble_blocks=[1, 2, 3]),
-    quick=dict(n_images=2,
+    quick=dict(n_images=2, ntk_widths=[64, 256], ntk_sweep_draws=4,
                image_channels=[2, 2], image_shifts=12, ensemble_blocks=[1, 2]),
 )
 def theorems(cfg: dict, run) -> dict:
     if not cfg["ntk_widths"] or not cfg["ensemble_blocks"]:
-        raise ValueError("ntk_widths and ensemble_blocks must be non-empty lists, e.g. [16, 64, 256] and [1, 2, 3]")
+        raise ValueError("ntk_widths and ensemble_blocks must be non-empty lists, e.g. [64, 256, 1024] and [1, 2, 3]")
     if cfg["image_shifts"] is not None and not (isinstance(cfg["image_shifts"], int) and cfg["image_shifts"] >= 2):
         raise ValueError(f"image_shifts must be None (every circular shift) or an int >= 2, got {cfg['image_shifts']!r}")
     data = load_data(cfg, flatten=False, run=run)
