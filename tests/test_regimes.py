@@ -14,7 +14,7 @@ from npk.models.base import GatedNet
 from npk.models.conv import ConvDGN, ConvDNN
 from npk.models.convert import from_sequential
 from npk.models.fc import DGN, DLGN, DNN
-from npk.models.resnet import ResDNN
+from npk.models.resnet import ResDGN, ResDNN
 from npk.train import CHECKPOINT_FILE, train
 
 D_IN, WIDTHS, D_OUT = 8, [16, 12], 3
@@ -163,6 +163,8 @@ def test_fresh_value_network_keeps_a_resnets_block_scaling():
     stds = torch.tensor([float(w.detach().std()) for w in last])
     torch.testing.assert_close(stds[4:], stds[:4], rtol=0.1, atol=0)   # both scaled by 1 / sqrt(4)
     assert not torch.equal(last[0], last[4])
+    dgn = ResDGN(D_IN, 8, 2)
+    assert equal(params(regimes.fresh_value_network(dgn).gating_layers), params(dgn.gating_layers))
 
 
 def test_frnpf_gates_stay_fixed_and_dlnpf_trains_both_networks(data):

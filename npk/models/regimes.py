@@ -130,8 +130,10 @@ def fresh_value_network(template: GatedNet) -> GatedNet:
     model = copy.deepcopy(_check_model(template, "template"))
     generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
     init_weights(model.value_layers, generator=generator)
-    if isinstance(model, ResNet):
+    if isinstance(model, ResNet):  # scale the value blocks only: a gating network keeps its weights
+        gating = copy.deepcopy(model.gating_layers.state_dict())
         scale_block_outputs(model, 1 / math.sqrt(sum(isinstance(op, graph.Residual) for op in model.ops)))
+        model.gating_layers.load_state_dict(gating)
     return model
 
 
