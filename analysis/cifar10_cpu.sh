@@ -7,7 +7,10 @@ set -u
 root=${1:?usage: sh analysis/cifar10_cpu.sh DATA_ROOT [name ...]}; shift
 [ $# -gt 0 ] || set -- dnn-dgn-dlgn-c4gap dnn-dgn-dlgn-resnet20 regimes
 for name in "$@"; do
-  experiment=${name%-c4gap}; experiment=${experiment%-resnet20}
+  for experiment in dnn-dgn-dlgn regimes kernels-vs-network gate-copy shuffle-and-ones ""; do
+    case $name in "$experiment"*) break;; esac
+  done
+  [ -n "$experiment" ] || { echo "$name: no experiment of that name; see analysis/configs/cifar10-cpu-*.json"; exit 2; }
   out=runs/cifar10-cpu-$name
   if [ -f "$out/results.json" ] && grep -q '"finished": true' "$out/results.json"; then
     echo "$(date -u +%FT%TZ) $name: finished already ($out)"; continue
