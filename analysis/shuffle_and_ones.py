@@ -1,7 +1,7 @@
 """shuffle-and-ones: from "Explicitising the implicit interpretability of deep neural networks via duality"
 (arXiv 2203.16455): a DLGN / DGN whose value network reads a constant all-ones input, and one whose gates
-are shuffled (a fixed permutation of the units of every layer) with the value network retrained; the NPK
-of shuffled and unshuffled gates compared exactly.
+are shuffled (a fixed permutation of the gated layers; of the units of every layer as the control) with the
+value network retrained; the NPK of shuffled and unshuffled gates compared exactly.
 
 CPU (digits, FC 3x128):              npk run shuffle-and-ones
 C4GAP on CIFAR-10 (GPU):             python analysis/shuffle_and_ones.py

@@ -17,6 +17,7 @@ from npk.experiments import dnn_dgn_dlgn as ddd_module
 from npk.data import load
 from npk.experiments import run_experiment
 from npk.experiments.base import get, merge_config
+from npk.experiments.common import gated_opts
 from npk.experiments.gate_copy import saved_state
 from npk.experiments.common import build_model, check_common, family_view, mean_std, pm
 from npk.experiments.shuffle_and_ones import npk_change
@@ -114,6 +115,14 @@ def test_dnn_dgn_dlgn(ddd):
     assert "of the DNN's; 2110.03403 reports" in (path / "report.md").read_text()
 
 
+def test_dnn_dgn_dlgn_uses_the_authors_dlgn_gates_sigmoid_4q():
+    cfg = merge_config(get("dnn-dgn-dlgn"), {})
+    data = load("digits", n_train=20, n_test=10)
+    model = build_model("fc", "dlgn", data.flat(), cfg, 0, **gated_opts("dlgn", cfg))
+    q = torch.tensor([-1.0, 0.0, 2.0])
+    torch.testing.assert_close(model.gate_fn(q), torch.sigmoid(4 * q), rtol=0, atol=0)
+
+
 def test_resume_after_interruption_does_not_retrain_finished_stages(tmp_path, monkeypatch):
     out = tmp_path / "run"
     overrides = dict(families=["fc"])
@@ -146,6 +155,9 @@ def test_gate_copy(gate_copy):
     assert relu["best"]["mean"] == pytest.approx(max(relu["test_acc"][1:]), abs=1e-12)
     assert relu["at_copy_epochs"] == {str(k): relu["test_acc"][k] for k in (0, 1, 2)}
     assert relu["test_acc"][-1] > 0.3
+    # the gates copied at k are the best checkpoint so far (k = 0: the initial state, hence FRNPF-II)
+    acc = relu["test_acc"]
+    assert r["copied_from_epochs"] == {"0": [0], "1": [1], "2": [1 if acc[1] >= acc[2] else 2]}
     for k in ("0", "1", "2"):
         check_summary(r["flnpf"][k], n_runs=1, low=0.3)
     check_figure(path, "gate-copy.png")
@@ -163,12 +175,13 @@ def test_shuffle_and_ones(shuffle):
     path, r = shuffle
     assert list(r["accuracy"]) == ["dlgn", "dgn"]
     for kind, s in r["accuracy"].items():
-        for setting in ("x", "ones", "fixed", "shuffled"):
+        for setting in ("x", "ones", "fixed", "layers", "units"):
             check_summary(s[setting], n_runs=1, low=0.3)
-        # a unit permutation leaves the FC NPK unchanged (up to float64 rounding) ...
-        assert s["npk"]["relative"] < 1e-12
-        # ... but the trained value weights belong to the original unit order
-        assert s["shuffled-as-is"]["best"]["mean"] < s["x"]["best"]["mean"] - 0.2
+        for over in ("layers", "units"):
+            # a unit or layer permutation leaves the FC NPK (equal widths) unchanged, up to float64 rounding ...
+            assert s["npk"][over]["relative"] < 1e-12
+            # ... but the trained value weights belong to the original order
+            assert s[f"{over}-as-is"]["best"]["mean"] < s["x"]["best"]["mean"] - 0.2
     check_figure(path, "shuffle-and-ones.png")
 
 

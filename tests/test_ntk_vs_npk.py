@@ -10,7 +10,7 @@ from npk.models import DGN, DLGN, DNN
 from npk.models.conv import ConvDGN
 from npk.models.resnet import ResDGN
 from npk.theory.ntk_vs_npk import (_FixedGateValueNet, _value_ntk, at_width, expected_value_ntk, ntk_vs_npk,
-                                   path_length_npks)
+                                   path_length_npks, theorem_weight)
 from npk.theory.structure import subnetwork_npk
 
 
@@ -76,12 +76,12 @@ def test_fc_expectation_within_ci_and_wrong_constants_outside():
     torch.manual_seed(2)
     X = torch.randn(8, 5, dtype=torch.float64)
     model = DGN(5, [16] * 3)
-    result = ntk_vs_npk(model, X, widths=(), draws=200)
+    result = ntk_vs_npk(model, X, widths=(), draws=200, resolution=None)
     d = result.details
     assert result.passed and abs(d["ratio_mean"] - 1) <= 3 * d["ratio_stderr"] and d["path_lengths"] == [4]
     assert d["ratio_stderr"] < 0.05 and d["sigma"] == pytest.approx(math.sqrt(2 / 16))
     for name, weight in wrong_weights().items():
-        wrong = ntk_vs_npk(model, X, widths=(), draws=100, path_weight=weight)
+        wrong = ntk_vs_npk(model, X, widths=(), draws=100, resolution=None, path_weight=weight)
         assert not wrong.passed and wrong.statistic > 2 * wrong.tolerance, name
 
 
@@ -89,14 +89,14 @@ def test_gaussian_weights_on_a_dnn_s_own_gates():
     """A DNN's gates come from its own weights; kept fixed, fresh Gaussian value weights obey the identity."""
     torch.manual_seed(3)
     X = torch.randn(8, 5, dtype=torch.float64)
-    result = ntk_vs_npk(DNN(5, [16] * 3), X, widths=(), draws=150, init="gaussian", seed=1)
+    result = ntk_vs_npk(DNN(5, [16] * 3), X, widths=(), draws=150, resolution=None, init="gaussian", seed=1)
     assert result.passed, result
 
 
 def test_fc_deviation_falls_like_inverse_square_root_width():
     torch.manual_seed(4)
     X = torch.randn(8, 5, dtype=torch.float64)
-    result = ntk_vs_npk(DLGN(5, [16] * 3), X, widths=(16, 64, 256), draws=20, sweep_draws=4)
+    result = ntk_vs_npk(DLGN(5, [16] * 3), X, widths=(16, 64, 256), draws=20, resolution=None, sweep_draws=4)
     d = result.details
     assert -0.65 <= d["slope"] <= -0.35 and d["slope_passed"] and result.passed
     assert d["deviation"][0] > d["deviation"][1] > d["deviation"][2]
@@ -106,8 +106,8 @@ def test_conv_gap_expectation_and_wrong_constant():
     torch.manual_seed(5)
     X = torch.randn(6, 1, 5, dtype=torch.float64)
     model = conv_gap([6, 6])
-    assert ntk_vs_npk(model, X, widths=(), draws=150).passed
-    wrong = ntk_vs_npk(model, X, widths=(), draws=150, path_weight=wrong_weights()["(d-1) sigma^(2(d-1))"])
+    assert ntk_vs_npk(model, X, widths=(), draws=150, resolution=None).passed
+    wrong = ntk_vs_npk(model, X, widths=(), draws=150, resolution=None, path_weight=wrong_weights()["(d-1) sigma^(2(d-1))"])
     assert not wrong.passed
 
 
@@ -116,9 +116,9 @@ def test_residual_expectation_and_full_depth_claim_fails():
     torch.manual_seed(6)
     X = torch.randn(6, 4, dtype=torch.float64)
     model = ResDGN(4, 8, n_blocks=2)
-    result = ntk_vs_npk(model, X, widths=(), draws=150)
+    result = ntk_vs_npk(model, X, widths=(), draws=150, resolution=None)
     assert result.passed and result.details["path_lengths"] == [2, 3, 4]
-    assert not ntk_vs_npk(model, X, widths=(), draws=150, path_weight=full_depth_weight(4)).passed
+    assert not ntk_vs_npk(model, X, widths=(), draws=150, resolution=None, path_weight=full_depth_weight(4)).passed
 
 
 def test_at_width_rebuilds_every_hidden_layer():
@@ -151,7 +151,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="at least two distinct"):
         ntk_vs_npk(DGN(3, [4]), X, widths=(16,))
     with pytest.raises(ValueError, match="draws >= 2"):
-        ntk_vs_npk(DGN(3, [4]), X, widths=(), draws=1)
+        ntk_vs_npk(DGN(3, [4]), X, widths=(), draws=1, resolution=None)
     with pytest.raises(TypeError, match="gated model"):
         ntk_vs_npk(torch.nn.Linear(3, 1), X)
     with pytest.raises(ValueError, match=r"shape \(N, 3\)"):
@@ -170,3 +170,20 @@ def test_fixed_gate_value_ntk_matches_ntk_gram():
         ours = _value_ntk(net, X, kernel_gates(model, X, None), {k: v.detach() for k, v in net.named_parameters()})
         reference = ntk_gram(model, X, params="value", outputs="full")[:, :, 0, 0]
         assert torch.allclose(ours, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
+
+
+def test_at_its_defaults_the_check_passes_the_truth_and_fails_a_constant_5_percent_off_for_seeds_0_to_9():
+    """Power: a claim c E fails iff c lies outside mean +- z stderr (the ratio of c E is r / c), so each seed's
+    interval must hold 1 and exclude 1.05 and 1 / 1.05. The check draws until z stderr <= 0.025."""
+    torch.manual_seed(0)
+    X = torch.randn(6, 5, dtype=torch.float64)
+    model = DGN(5, [64] * 3).double()
+    for seed in range(10):
+        d = ntk_vs_npk(model, X, widths=(), seed=seed).details
+        low, high = d["ratio_ci"]
+        assert d["ratio_passed"] and d["resolved"] and low <= 1 <= high, (seed, d["ratio_ci"])
+        assert 1 / 1.05 < low and high < 1.05, (seed, d["ratio_ci"])     # measured: within 0.966 .. 1.031
+    # the interval argument, checked on the claims themselves (seed 0)
+    for factor in (1.05, 1 / 1.05):
+        wrong = ntk_vs_npk(model, X, widths=(), seed=0, path_weight=lambda n, s: factor * theorem_weight(n, s))
+        assert not wrong.passed and wrong.statistic > 4, factor        # measured: 5.9 (1.05)

@@ -7,12 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from npk import graph
 from npk.kernels.npk import npk_gram
 from npk.models import regimes
 from npk.models.base import GatedNet
 from npk.models.conv import ConvDGN, ConvDNN, ConvNet
 from npk.models.convert import from_sequential
-from npk.models.fc import DGN, DNN, FCNet
+from npk.models.fc import DGN, DLGN, DNN, FCNet
+from npk.models.resnet import ResDGN, ResDNN
 from npk.train import CHECKPOINT_FILE, train
 
 D_IN, WIDTHS, D_OUT = 8, [16, 12], 3
@@ -97,8 +99,8 @@ def test_make_regime_builds_each_regime(trained_dnn):
     for name, (gating, kind, gating_trains) in expected.items():
         m = regimes.make_regime(name, t, trained_dnn=trained_dnn)
         assert isinstance(m, FCNet) and m.gating == gating and m.gate_kind == kind, name
-        # every regime starts from the template's value weights
-        assert equal(params(m.value_layers), params(t.value_layers)), name
+        # every regime but FLNPF starts from the template's value weights; FLNPF's value network is fresh
+        assert equal(params(m.value_layers), params(t.value_layers)) is (name != "FLNPF"), name
         assert all(p.requires_grad for p in m.value_parameters()), name
         if gating == "relu":
             assert all(p.requires_grad == gating_trains for p in m.gating_layers.parameters()), name
@@ -131,10 +133,40 @@ def test_flnpf_gates_equal_the_trained_dnns_and_stay_fixed_through_training(data
     assert result.final_test_acc > 0.55  # measured: 0.68 (the largest class: 0.41)
 
 
-def test_flnpf_without_template_redraws_the_value_network(trained_dnn):
+def test_flnpf_without_value_init_redraws_the_value_network(trained_dnn):
     model = regimes.fixed_learnt_gates(trained_dnn)
     for new, old in zip(model.value_layers, trained_dnn.value_layers):
         assert not torch.equal(new.weight, old.weight)
+
+
+def test_flnpfs_value_network_is_seeded_he_normal_and_independent_of_the_template_and_the_relu_net(trained_dnn):
+    """The authors' FLNPF: a freshly initialised value network. Drawn from the global RNG's seed, yet not the
+    network that same seed gives the template (nor the ReLU network's initial or trained weights)."""
+    t = template(seed=5)                                 # the trained DNN's own initial weights
+    torch.manual_seed(5)
+    a = regimes.make_regime("FLNPF", t, trained_dnn)
+    torch.manual_seed(5)
+    b = regimes.make_regime("FLNPF", t, trained_dnn)
+    assert equal(params(a.value_layers), params(b.value_layers))
+    for new, init, trained in zip(a.value_layers, t.value_layers, trained_dnn.value_layers):
+        assert not torch.equal(new.weight, init.weight) and not torch.equal(new.weight, trained.weight)
+        # He normal: std sqrt(2 / fan_in) (within sampling error), uncorrelated with the template's weights
+        fan_in = new.weight.shape[1]
+        assert abs(float(new.weight.detach().std()) / (2 / fan_in) ** 0.5 - 1) < 0.35
+        assert abs(float(torch.corrcoef(torch.stack([new.weight.flatten(), init.weight.flatten()]).detach())[0, 1])) < 0.3
+
+
+def test_fresh_value_network_keeps_a_resnets_block_scaling():
+    torch.manual_seed(0)
+    res = ResDNN(D_IN, 256, 4)
+    fresh = regimes.fresh_value_network(res)
+    last = [[m for m in op.block if isinstance(m, graph.Linear)][-1].module.weight
+            for net in (res, fresh) for op in net.ops if isinstance(op, graph.Residual)]
+    stds = torch.tensor([float(w.detach().std()) for w in last])
+    torch.testing.assert_close(stds[4:], stds[:4], rtol=0.1, atol=0)   # both scaled by 1 / sqrt(4)
+    assert not torch.equal(last[0], last[4])
+    dgn = ResDGN(D_IN, 8, 2)
+    assert equal(params(regimes.fresh_value_network(dgn).gating_layers), params(dgn.gating_layers))
 
 
 def test_frnpf_gates_stay_fixed_and_dlnpf_trains_both_networks(data):
@@ -158,6 +190,18 @@ def test_gate_copy_from_best_state_and_from_a_checkpoint_file(data, tmp_path):
     from_best = regimes.gate_copy(template(), result.best_state)
     assert all(torch.equal(a, b) for a, b in zip(gates(from_best, X), gates(best_dnn, X)))
     assert not any(p.requires_grad for p in from_best.gating_layers.parameters())
+
+
+def test_gate_copy_of_the_initial_state_is_frnpf_ii():
+    """k = 0 of the gate-copying study: the initial ReLU network's gates (random), a value network independent
+    of them; FRNPF-DI would instead start its values at the gating weights."""
+    t = template(seed=3)
+    copied = regimes.gate_copy(t, t.state_dict())
+    X = torch.randn(30, D_IN)
+    assert all(torch.equal(a, b) for a, b in zip(gates(copied, X), gates(t, X)))
+    for g, v in zip(copied.gating_layers, copied.value_layers[:-1]):
+        assert not torch.equal(g.weight, v.weight)
+    assert not any(p.requires_grad for p in copied.gating_layers.parameters())
 
 
 # ------------------------------------------------------------------------------- shuffled gates

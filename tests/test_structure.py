@@ -208,3 +208,37 @@ def test_ensemble_bad_input():
         ensemble_closed_form(resnet(layers=2), torch.randn(3, 3))
     with pytest.raises(ValueError, match="shape"):
         ensemble_decomposition(resnet(), torch.randn(3, 4))
+
+
+def test_every_sub_network_kernel_matches_its_path_enumeration_on_small_nets():
+    for model in (resnet(ResDNN, 2, 1), resnet(ResDLGN, 2, 2, gate="soft"), tiny_conv_resnet()):
+        result = ensemble_decomposition(model, inputs(model, 4))
+        assert result.passed and result.details["reference_error"] < 1e-12, result
+    # a net too large to enumerate: the reference is skipped by default and refused when required
+    big = resnet(ResDLGN, 3, 2, conv=True, gate="soft")
+    assert ensemble_decomposition(big, inputs(big, 2)).details["reference_error"] is None
+    with pytest.raises(ValueError, match="max_classes"):
+        ensemble_decomposition(big, inputs(big, 2), independent=True)
+
+
+def tiny_conv_resnet():
+    """A 1-D conv residual net small enough to enumerate its paths (stem + 2 blocks of 2 channels, n = 5)."""
+    torch.manual_seed(0)
+    return ResDNN(1, 2, 2, d_out=1, conv=True, input_size=5, spatial_dims=1).double()
+
+
+def test_the_ensemble_check_fails_when_the_conv_rule_is_broken(monkeypatch):
+    """The conv offset sum replaced by the identity: npk_gram is wrong, but H and every H^J are wrong alike, so
+    the sum still matches; only the comparison with the path enumeration catches it."""
+    import npk.kernels.npk as npk_module
+    from npk.kernels import conv_fast
+    model = tiny_conv_resnet()
+    X = inputs(model, 4)
+    H_right = npk_gram(model, X)
+    monkeypatch.setitem(conv_fast._state, "backend", "off")      # the generic rules, where the bug is planted
+    monkeypatch.setattr(npk_module, "conv_sum", lambda M, axes: M)
+    H_broken = npk_gram(model, X)
+    assert (H_broken - H_right).abs().max() / H_right.abs().max() > 0.1
+    result = ensemble_decomposition(model, X)
+    assert result.details["decomposition_error"] < 1e-12       # the old statistic: blind to the broken rule
+    assert not result.passed and result.details["reference_error"] > 0.1

@@ -70,10 +70,12 @@ def make_model(family: str, kind: str, data: datasets.Dataset, cfg: dict, **opts
 
 
 def gated_opts(kind: str, cfg: dict) -> dict:
-    """Constructor options of a DGN / DLGN (gate kind, beta, value input); a DNN is a plain ReLU net."""
+    """Constructor options of a DGN / DLGN (gate kind, beta, eps, value input); a DNN is a plain ReLU net.
+
+    Soft gates are (1 + eps) sigmoid(beta q): eps = 0 is the DLGN's sigmoid(4 q) of 2110.03403's code."""
     if kind == "dnn":
         return {}
-    return dict(gate=cfg["gate"], beta=cfg["beta"], value_input=cfg["value_input"])
+    return dict(gate=cfg["gate"], beta=cfg["beta"], eps=cfg["eps"], value_input=cfg["value_input"])
 
 
 def input_view(family: str, data: datasets.Dataset) -> datasets.Dataset:
@@ -110,7 +112,7 @@ def ntk_fn(model: models.GatedNet, progress: bool = False):
 
 
 def infinite_ntk_fn(depth: int):
-    """The infinite-width NTK of a fully connected ReLU net with `depth` weight layers, on flattened inputs."""
+    """The infinite-width NTK of a fully connected ReLU net with `depth` hidden layers, on flattened inputs."""
     return lambda X, Y=None: infinite_ntk(X.flatten(1), None if Y is None else Y.flatten(1), depth=depth)
 
 

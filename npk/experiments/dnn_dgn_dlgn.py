@@ -5,7 +5,9 @@
            network gets gradients), applied as masks to a value network
     DLGN   gates from a separate deep *linear* gating network: every gate is a half-space in x
 
-All three start from the same seed and train with the same optimiser. The figure of merit of
+All three start from the same seed and train with the same optimiser. Soft gates are
+(1 + eps) sigmoid(beta q); the defaults beta = 4, eps = 0 give the DLGN gates sigmoid(4 q) of the
+authors' code for 2110.03403 (PAPER.md section 3; the 2020 DLNPF's eps = 0.1 is `regimes`' business). The figure of merit of
 2110.03403 is the ratio of test accuracies DLGN / DNN ("recovers more than 83.5%" on CIFAR); here it is
 the ratio of the mean best test accuracies, per family (fc, conv, res).
 """
@@ -23,7 +25,7 @@ from .common import (accuracy_summary, bars_with_errors, build_model, check_comm
     defaults=dict(dataset="digits", data_root=None, n_train=None, n_test=None, seed=0, n_seeds=1,
                   families=["fc", "conv", "res"], kinds=["dnn", "dgn", "dlgn"], widths=[128] * 3,
                   channels=[16] * 4, dense_widths=[], padding="zero", res_width=64, res_blocks=3,
-                  conv_preset=None, res_preset=None, gate="soft", beta=4.0, value_input="x",
+                  conv_preset=None, res_preset=None, gate="soft", beta=4.0, eps=0.0, value_input="x",
                   epochs=10, batch_size=32, optimizer="adam", lr=3e-3, device="cpu"),
     quick=dict(n_train=200, n_test=100, widths=[32, 32], channels=[4, 4], res_width=16, res_blocks=2,
                epochs=2, lr=1e-2),

@@ -1,7 +1,8 @@
 """kernels-vs-network: kernel ridge regression with the network's own kernels against the network.
 
 For each model kind: the NPK of the gates at initialisation and after training, and (optionally) the
-empirical NTK at initialisation and at the end of training and the infinite-width ReLU NTK, each used
+empirical NTK at initialisation and at the end of training and the infinite-width NTK of a fully
+connected ReLU net with as many hidden layers as the model has gated layers (`infinite_ntk`), each used
 as a precomputed kernel in kernel ridge regression, next to the trained network's test accuracy.
 """
 from __future__ import annotations
@@ -15,6 +16,12 @@ from .common import (fit_network, gated_opts, grams, infinite_ntk_fn, input_view
 KERNELS = ("npk-init", "npk-learnt", "ntk-init", "ntk-end", "ntk-inf")
 
 
+def infinite_ntk_of(model):
+    """The infinite-width NTK (a kernel function) of a fully connected ReLU net as deep as `model`: as many
+    hidden layers as `model` has gated layers (`infinite_ntk` counts hidden layers, not weight layers)."""
+    return infinite_ntk_fn(model.n_gated)
+
+
 @experiment(
     "kernels-vs-network",
     "Kernel ridge regression with the NPK of the learnt gates recovers most of the trained network's "
@@ -22,7 +29,7 @@ KERNELS = ("npk-init", "npk-learnt", "ntk-init", "ntk-end", "ntk-inf")
     defaults=dict(dataset="digits", data_root=None, n_train=None, n_test=None, binary=None, seed=0,
                   family="fc", kinds=["dnn", "dgn", "dlgn"], widths=[128, 128, 128], channels=[32, 32],
                   padding="circular", res_width=64, res_blocks=3, device="cpu",
-                  gate="soft", beta=4.0, value_input="x",
+                  gate="soft", beta=4.0, eps=0.0, value_input="x",
                   epochs=20, batch_size=32, optimizer="adam", lr=1e-3, kernels=["npk-init", "npk-learnt"]),
     quick=dict(n_train=300, n_test=100, widths=[32, 32], channels=[4, 4], epochs=2, res_width=16, res_blocks=2),
 )
@@ -45,8 +52,7 @@ def kernels_vs_network(cfg: dict, run) -> dict:
         if "ntk-end" in cfg["kernels"]:
             kernels["ntk-end"] = grams(run, f"{kind}-ntk-end", ntk_fn(model), data)
         if "ntk-inf" in cfg["kernels"]:
-            depth = len(cfg["widths"]) + 1
-            kernels["ntk-inf"] = grams(run, f"ntk-inf-{depth}", infinite_ntk_fn(depth), data.flat())
+            kernels["ntk-inf"] = grams(run, f"ntk-inf-{model.n_gated}", infinite_ntk_of(model), data.flat())
         accs = {name: kernel_accuracy(Ktr, Kte, data, cfg["seed"]) for name, (Ktr, Kte) in kernels.items()}
         results[kind] = {"network": net, "kernel_acc": accs}
         rows.append([kind.upper(), net["best_test_acc"], net["final_test_acc"], *[accs[k] for k in kernels]])

@@ -3,11 +3,12 @@
     FRNPF-II   fixed random gates, gating network drawn independently of the value network
     FRNPF-DI   fixed random gates copied from the value network's initial weights
     DLNPF      decoupled learning: soft gates from a separate ReLU network, both networks trained
-    FLNPF      fixed learnt gates copied from the trained ReLU network's *best* checkpoint, value
-               network retrained from the same initial weights
+    FLNPF      fixed learnt gates copied from the trained ReLU network's *best* checkpoint, a freshly
+               initialised value network (independent of the ReLU network) trained on them
     ReLU       the plain DNN
 
-Every regime of one seed starts from the same template (the same initial value weights). Each cell of
+as in the NPF/NPK paper (PAPER.md section 3; sources in `npk.models.regimes`). Every regime of one seed
+but FLNPF starts from the same template (the same initial value weights); FLNPF's are fresh. Each cell of
 the table is the mean +- standard deviation over seeds of each run's best (and final) test accuracy.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ def run_regimes(run: Run, family: str, data, cfg: dict, seed: int) -> tuple[dict
     template = build_model(family, "dnn", data, cfg, seed)
     results, trained_dnn, agreement = {}, None, None
     for name in sorted(cfg["regimes"], key=lambda r: r != "ReLU"):  # ReLU first: FLNPF copies its gates
-        torch.manual_seed(seed)  # the fresh gating networks of DLNPF / FRNPF-II
+        torch.manual_seed(seed)  # the fresh gating networks of DLNPF / FRNPF-II, FLNPF's fresh value network
         model = make_regime(name, template, trained_dnn)
         results[name] = train_net(run, f"regimes-{family}-{name}-s{seed}", model, data, cfg, seed,
                                   keep_best=name == "ReLU")

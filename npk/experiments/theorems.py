@@ -7,9 +7,10 @@
     rotation_invariance     circular conv + GAP: H(x, rot x') = H(x, x') = H(rot x, rot x'), on random
                             1-D / 2-D inputs and on real images (digits 8x8 by default)
     ensemble_decomposition  identity skips: H = sum over the 2^b block subsets J of H^J
+    layer_permutation       FC nets of equal widths: permuting the layers' gates leaves H unchanged
 
 Cases where a theorem's hypotheses do not hold are run too and must fail: zero padding and a flatten
-head (rotation), and a constant without the factor d (NTK vs NPK). Each check is cached, so a rerun
+head (rotation), a constant without the factor d (NTK vs NPK), and a conv net (layer permutation). Each check is cached, so a rerun
 redoes only the checks it had not finished.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from .. import models
 from ..theory.duality import duality
+from ..theory.layer_permutation import layer_permutation
 from ..theory.ntk_vs_npk import ntk_vs_npk
 from ..theory.result import CheckResult
 from ..theory.structure import ensemble_decomposition, rotation_invariance
@@ -35,6 +37,7 @@ SHORT_CLAIMS = {
     "ntk_vs_npk": "E[K^v] = d sigma^(2(d-1)) H; one draw off by ~ w^(-1/2)",
     "rotation_invariance": "H(x, rot x') = H(x, x') = H(rot x, rot x')",
     "ensemble_decomposition": "H = sum over block subsets J of H^J",
+    "layer_permutation": "H unchanged when the layers' gates are permuted",
 }
 
 
@@ -119,6 +122,11 @@ def cases(cfg: dict, images: torch.Tensor, image_label: str) -> list[Case]:
         Case("rotation_invariance", "rotation-flatten", "circular conv DLGN 1-D, flatten head", False,
              on_random(rotation_invariance, conv(models.ConvDLGN, 1, pooling="flatten"), progress=False)),
     ]
+    out += [Case("layer_permutation", "layer-permutation-fc", "FC DLGN 4 x 8, soft gates", True,
+                 on_random(layer_permutation, lambda: models.DLGN(4, [8] * 4, 1, gate="soft"))),
+            Case("layer_permutation", "layer-permutation-conv", "circular conv DGN 2-D (5 x 5), 3 x 3 channels", False,
+                 on_random(layer_permutation, lambda: models.ConvDGN(1, [3] * 3, padding="circular", d_out=1,
+                                                                     spatial_dims=2, input_size=5)))]
     out += [Case("ensemble_decomposition", f"ensemble-{b}", f"residual DLGN, stem + {b} one-layer block(s)", True,
                  on_random(ensemble_decomposition, lambda b=b: models.ResDLGN(4, 6, b, d_out=1)))
             for b in cfg["ensemble_blocks"]]
@@ -144,14 +152,14 @@ def run_case(run, case: Case) -> dict:
     "with fixed gates, rotational invariance of circular conv + GAP NPKs, the residual ensemble) and fail "
     "where a hypothesis is broken (zero padding, flatten head, a wrong constant).",
     defaults=dict(dataset="digits", data_root=None, n_train=None, n_test=None, seed=0, n_samples=6,
-                  ntk_widths=[16, 64, 256], ntk_draws=100, ntk_sweep_draws=8,
+                  ntk_widths=[64, 256, 1024], ntk_draws=200, ntk_sweep_draws=8,
                   n_images=4, image_channels=[8, 8], image_shifts=None, ensemble_blocks=[1, 2, 3]),
-    quick=dict(n_images=2,
+    quick=dict(n_images=2, ntk_widths=[64, 256], ntk_sweep_draws=4,
                image_channels=[2, 2], image_shifts=12, ensemble_blocks=[1, 2]),
 )
 def theorems(cfg: dict, run) -> dict:
     if not cfg["ntk_widths"] or not cfg["ensemble_blocks"]:
-        raise ValueError("ntk_widths and ensemble_blocks must be non-empty lists, e.g. [16, 64, 256] and [1, 2, 3]")
+        raise ValueError("ntk_widths and ensemble_blocks must be non-empty lists, e.g. [64, 256, 1024] and [1, 2, 3]")
     if cfg["image_shifts"] is not None and not (isinstance(cfg["image_shifts"], int) and cfg["image_shifts"] >= 2):
         raise ValueError(f"image_shifts must be None (every circular shift) or an int >= 2, got {cfg['image_shifts']!r}")
     data = load_data(cfg, flatten=False, run=run)
@@ -191,9 +199,11 @@ def _report(run, records: list[dict]) -> None:
     ensemble = [r for r in records if r["check"] == "ensemble_decomposition"]
     report.paragraph("Residual ensemble: the share of H carried by the sub-networks through k blocks, "
                      "sum_{|J| = k} H^J / H averaged over pairs (the shares sum to 1).")
-    report.table([[r["details"]["n_blocks"], r["details"]["decomposition_error"], r["details"]["closed_form_error"],
+    report.table([[r["details"]["n_blocks"], r["details"]["decomposition_error"], r["details"]["reference_error"],
+                   r["details"]["closed_form_error"],
                    ", ".join(f"k={k}: {s:.3f}" for k, s in enumerate(r["details"]["depth_share"]))]
-                  for r in ensemble], ["blocks", "sum_J H^J error", "closed-form error", "depth shares"],
+                  for r in ensemble], ["blocks", "sum_J H^J error", "H^J vs path enumeration", "closed-form error",
+                                       "depth shares"],
                  floatfmt=".3g")
     for r in records:
         report.figure(run.figure_path(r["figure"]), f"{r['check']} on {r['case']}: "

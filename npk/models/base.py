@@ -83,6 +83,7 @@ class GatedNet(nn.Module):
                                else graph.clone_for_gating(self.ops))
             self.gating_layers = nn.ModuleList(graph.modules(self.gating_ops))
         self.gate_permutations: list[torch.Tensor] | None = None
+        self.layer_order: list[int] | None = None
 
     def with_gating(self, gating: str, *, gate: str | None = None, beta: float | None = None,
                     eps: float | None = None, value_input: str | None = None) -> "GatedNet":
@@ -158,6 +159,8 @@ class GatedNet(nn.Module):
 
     def _gates_of(self, qs: list[torch.Tensor], kind: str | None) -> list[torch.Tensor]:
         gs = [self.gate_fn(q, kind) for q in qs]
+        if self.layer_order is not None:
+            gs = [gs[k] for k in self.layer_order]
         if self.gate_permutations is not None:
             gs = [g[:, perm] for g, perm in zip(gs, self.gate_permutations)]
         return gs
@@ -173,13 +176,39 @@ class GatedNet(nn.Module):
             perms = [torch.as_tensor(p, dtype=torch.long) for p in perms]
         self.gate_permutations = perms
 
+    def set_layer_order(self, order: Sequence[int] | None) -> None:
+        """Gated layer l takes the gates of gated layer order[l] (a permutation), the same for every input.
+
+        The layers' gate tensors must have equal shapes (equal widths; for convolutions, equal channels and
+        positions). Unit permutations (`set_gate_permutations`) apply after this reordering.
+
+        Example:
+            >>> dgn.set_layer_order([1, 0])     # a two-layer DGN with its layers' gates swapped
+        """
+        if order is not None:
+            if self.gating == "self":
+                raise ValueError("a DNN's gates are its own activations and cannot be reordered; "
+                                 "reorder the gates of a DGN / DLGN (npk.models.regimes.shuffled_gates)")
+            order = [int(k) for k in order]
+            if sorted(order) != list(range(self.n_gated)):
+                raise ValueError(f"order must be a permutation of the {self.n_gated} gated layers "
+                                 f"0..{self.n_gated - 1}, got {order}")
+            param = next(self.parameters())
+            with torch.no_grad():
+                shapes = [tuple(q.shape[1:]) for q in self.gating_preactivations(
+                    torch.zeros((1, *self.input_shape), dtype=param.dtype, device=param.device))]
+            if any(shapes[k] != shapes[l] for l, k in enumerate(order)):
+                raise ValueError(f"a layer takes another layer's gates only if their shapes agree; gate shapes "
+                                 f"{shapes} and order {order}")
+        self.layer_order = order
+
     # --------------------------------------------------------------------------------- forward
     def value_stream_input(self, X: torch.Tensor) -> torch.Tensor:
         return X if self.value_input == "x" else torch.ones_like(X)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         X = self.check_input(X)
-        if self.gating == "self" and self.gate_permutations is None:
+        if self.gating == "self" and self.gate_permutations is None and self.layer_order is None:
             return graph.run(self.ops, X, lambda layer, q: self.gate_fn(q) * q)
         qs, sels = self.gating_pass(X)
         gs = self._gates_of(qs, None)

@@ -1,7 +1,8 @@
 """Gate functions: a ReLU is relu(q) = G(q) * q with G the gate.
 
 hard: G(q) = 1{q > 0}
-soft: G(q) = (1 + eps) * sigmoid(beta * q)   (the papers' code: beta = 4, eps = 0.1)
+soft: G(q) = (1 + eps) * sigmoid(beta * q)   (the 2020 code's DLNPF: beta = 4, eps = 0.1; the DLGN of
+      2110.03403's code: sigmoid(4 q), eps = 0)
 """
 from __future__ import annotations
 

@@ -18,9 +18,13 @@ sigma^{2(n(p)-1)} phi_x(p) phi_x'(p):
 H_n the NPK of the paths with n weights (`path_length_npks`). Without skips every path has d weights and
 E[K^v] = d sigma^{2(d-1)} H; with skips H_n gathers the sub-network NPKs H^J with d_J = n.
 
-The check. (a) Expectation, on the given model's gates: over `draws` value-weight draws, the projection
-ratio r = <K^v, E>_F / <E, E>_F (E the claimed E[K^v]) has mean exactly 1, r being linear in K^v. Pass
-iff |mean(r) - 1| <= z * stderr; statistic |mean(r) - 1| / stderr, tolerance z. (b) Concentration:
+The check. (a) Expectation, on the given model's gates: over value-weight draws, the projection ratio
+r = <K^v, E>_F / <E, E>_F (E the claimed E[K^v]) has mean exactly 1, r being linear in K^v. Pass iff
+|mean(r) - 1| <= z * stderr; statistic |mean(r) - 1| / stderr, tolerance z. Power: a claim off by a
+constant factor c gives r / c, so it fails when c lies outside mean(r) +- z stderr. The check therefore
+draws at least `draws` times and then on, 100 draws at a time, until z * stderr <= `resolution` or the
+mean lies beyond 2 z standard errors of 1 (or `max_draws`: then it fails, unresolved): at the default resolution 0.025 a constant 5% off lies about
+6 standard errors out, whatever the width (a narrow net's draws scatter more, so it needs more of them). (b) Concentration:
 for each w in `widths` a fresh model of the same gating kind with every hidden layer rebuilt at w units
 (or channels), a seeded He-initialised gating network (biases dropped, no block-output scaling), gates
 computed once; the single-draw relative deviation ||K^v - E||_F / ||E||_F, averaged over `sweep_draws`
@@ -166,6 +170,7 @@ def _rebuild(ops, width: int, h: torch.Tensor):
 # ------------------------------------------------------------------------------ the check
 def ntk_vs_npk(model: GatedNet, X: torch.Tensor, widths: Sequence[int] = (16, 64, 256, 1024), draws: int = 200,
                init: str = "bernoulli", c: float = math.sqrt(2), seed: int = 0, z: float = 3.0,
+               resolution: float | None = 0.025, max_draws: int = 20_000,
                sweep_draws: int = 4, slope_tolerance: float = 0.15,
                path_weight: Callable[[int, float], float] = theorem_weight,
                progress: bool | None = None) -> CheckResult:
@@ -174,11 +179,21 @@ def ntk_vs_npk(model: GatedNet, X: torch.Tensor, widths: Sequence[int] = (16, 64
 
     model: a bias-free gated model; its gates on X are computed once. sigma = c / sqrt(w0), w0 the units
     (channels) of the model's first weight layer. widths: the sweep, () to skip it (else >= 2 widths).
-    path_weight(n, sigma^2): the claimed weight of a path with n weights, to test other claims.
-    details: ratio_passed, ratio_mean, ratio_stderr, ratio_ci, ratios, path_lengths, sigma, and for the
-    sweep widths, deviation (mean over sweep_draws), deviation_stderr, slope, intercept, slope_passed.
+    draws: the least number of draws; then on until z * stderr <= resolution, at most max_draws
+    (resolution None: exactly `draws`). path_weight(n, sigma^2): the claimed weight of a path with n
+    weights, to test other claims.
+    details: ratio_passed, ratio_mean, ratio_stderr, ratio_ci, ratios, draws, resolved, path_lengths, sigma,
+    and for the sweep widths, deviation (mean over sweep_draws), deviation_stderr, slope, intercept,
+    slope_passed.
+
+    Example:
+        >>> ntk_vs_npk(DGN(5, [64] * 3).double(), torch.randn(6, 5, dtype=torch.float64), widths=()).passed
+        True
     """
     _check_arguments(model, widths, draws, init, c, z, sweep_draws)
+    if resolution is not None and not (resolution > 0 and isinstance(max_draws, int) and max_draws >= draws):
+        raise ValueError(f"resolution must be None or > 0 and max_draws an int >= draws ({draws}), got "
+                         f"resolution={resolution!r}, max_draws={max_draws!r}")
     X = check_input(X, model.input_shape, "X")
     generator = torch.Generator().manual_seed(seed)
     bar = tqdm(total=draws + len(widths) * sweep_draws, desc="ntk_vs_npk draws", unit="draw",
@@ -196,12 +211,20 @@ def ntk_vs_npk(model: GatedNet, X: torch.Tensor, widths: Sequence[int] = (16, 64
 
     w0 = graph.modules(model.ops)[0].weight.shape[0]
     sigma = c / math.sqrt(w0)
-    ratios = np.array([float((K * E).sum() / (E * E).sum()) for K, E in sample(model, sigma, draws)])
-    mean, stderr = float(ratios.mean()), float(ratios.std(ddof=1) / math.sqrt(draws))
+    limit = draws if resolution is None else max_draws
+    ratios = []
+    for K, E in sample(model, sigma, limit):
+        ratios.append(float((K * E).sum() / (E * E).sum()))
+        n = len(ratios)
+        if n >= draws and (n == limit or (n - draws) % 100 == 0 and _settled(ratios, z, resolution)):
+            break
+    ratios = np.array(ratios)
+    mean, stderr = float(ratios.mean()), float(ratios.std(ddof=1) / math.sqrt(len(ratios)))
     statistic = abs(mean - 1) / max(stderr, 1e-12)
-    details = {"ratio_passed": bool(statistic <= z), "ratio_mean": mean, "ratio_stderr": stderr,
-               "ratio_ci": [mean - z * stderr, mean + z * stderr],
-               "z": z, "draws": draws, "ratios": ratios, "init": init, "c": c, "sigma": sigma, "width": w0,
+    resolved = resolution is None or z * stderr <= resolution
+    details = {"ratio_passed": bool(statistic <= z and resolved), "ratio_mean": mean, "ratio_stderr": stderr,
+               "ratio_ci": [mean - z * stderr, mean + z * stderr], "resolution": resolution, "resolved": resolved,
+               "z": z, "draws": len(ratios), "ratios": ratios, "init": init, "c": c, "sigma": sigma, "width": w0,
                "path_lengths": sorted(path_length_npks(model, X)), "n_samples": len(X),
                "widths": [int(w) for w in widths], "sweep_draws": sweep_draws, "slope_tolerance": slope_tolerance}
     slope_ok = True
@@ -218,11 +241,19 @@ def ntk_vs_npk(model: GatedNet, X: torch.Tensor, widths: Sequence[int] = (16, 64
         name="ntk_vs_npk",
         claim="with fixed gates E[K^v] = sum_n " + ("n sigma^(2(n-1)) H_n (= d sigma^(2(d-1)) H without skips)"
                                                    if path_weight is theorem_weight else "path_weight(n, sigma^2) H_n")
-              + f": mean of <K^v, E>/<E, E> over {draws} {init} draws within {z} standard errors of 1"
+              + f": mean of <K^v, E>/<E, E> over {len(ratios)} {init} draws within {z} standard errors of 1"
+              + (f" (draws until z stderr <= {resolution})" if resolution is not None else "")
               + (f"; single-draw deviation ~ w^(-1/2): log-log slope within {slope_tolerance} of -1/2"
                  if widths else ""),
         statistic=statistic, tolerance=z, passed=details["ratio_passed"] and slope_ok, details=details,
         plotter=_plot)
+
+
+def _settled(ratios: list[float], z: float, resolution: float) -> bool:
+    """Enough draws: the interval mean +- z stderr is narrower than +- resolution, or lies beyond 2 z
+    standard errors of 1 (a clear failure: more draws would only narrow it further)."""
+    stderr = np.std(ratios, ddof=1) / math.sqrt(len(ratios))
+    return z * stderr <= resolution or abs(np.mean(ratios) - 1) > 2 * z * stderr
 
 
 def _check_arguments(model, widths, draws, init, c, z, sweep_draws) -> None:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .. import graph
 from ..kernels.npk import GatePair, kernel_gates, kernel_selections, npk_gram, overlap, propagate
+from ..kernels.reference import DEFAULT_MAX_CLASSES, check_size, path_features
 from ..models.base import GatedNet, check_input
 from .result import CheckResult
 
@@ -317,6 +318,18 @@ def subnetwork_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = No
     return propagate(subnetwork_ops(model.ops, keep), M, selections)
 
 
+def reference_subnetwork_npk(model: GatedNet, X: torch.Tensor, keep=(), max_classes: int = DEFAULT_MAX_CLASSES
+                             ) -> torch.Tensor:
+    """H^J(X, X) computed independently of the pair rules: a separately built sub-network (a shallow copy of
+    `model` whose op list skips the blocks not in `keep`), its paths enumerated by `npk.kernels.reference`
+    with the full model's gates. For tiny networks (`max_classes` partial path classes at most)."""
+    X = check_input(X, model.input_shape, "X")
+    sub = copy.copy(model)                 # shares the modules; only the op list differs
+    sub.ops = subnetwork_ops(model.ops, keep)
+    phi, _ = path_features(sub, X, kernel_gates(model, X, None), max_classes=max_classes)
+    return phi @ phi.T
+
+
 def _closed_form_layers(model: GatedNet) -> tuple[list[int], list[int]] | None:
     """(top-level gate layers, block gate layers) when the closed form applies, else None."""
     stem, blocks = [], []
@@ -352,13 +365,22 @@ def ensemble_closed_form(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | Non
     return H
 
 
-def ensemble_decomposition(model: GatedNet, X: torch.Tensor, tol: float | None = None) -> CheckResult:
+def ensemble_decomposition(model: GatedNet, X: torch.Tensor, tol: float | None = None,
+                           independent: bool | None = None, max_classes: int = DEFAULT_MAX_CLASSES) -> CheckResult:
     """Check H = sum over the 2^b subsets J of the top-level residual blocks of H^J (`subnetwork_npk`,
-    the full network's gates) on all pairs of X; for fully connected nets with one-gated-layer blocks,
-    also H = `ensemble_closed_form`.
+    the full network's gates) on all pairs of X; every H^J against an independent computation
+    (`reference_subnetwork_npk`: path enumeration of the separately built sub-network); for fully
+    connected nets with one-gated-layer blocks, also H = `ensemble_closed_form`.
 
-    Statistic: the larger relative error max|sum_J H^J - H| / max|H| (and the closed form's, when it
-    applies); tolerance 1e-10 in float64 (X and the model), else 1e-4. details['depth_share'][k] is the
+    The sum alone cannot fail: H and every H^J go through the same pair rules, so a wrong rule (say the
+    conv offset sum) is wrong in both and the sum still matches. The enumeration shares no rule with
+    them. independent=None (default) enumerates when the network has at most `max_classes` partial path
+    classes and skips it otherwise (details['reference_error'] is then None: on such a net the check has
+    no power against a wrong rule); True requires it (ValueError if too large); False skips it.
+
+    Statistic: the largest relative error: max|sum_J H^J - H| / max|H|, max over J of
+    max|H^J - H^J_reference| / max|H|, and the closed form's, when it applies; tolerance 1e-10 in
+    float64 (X and the model), else 1e-4. details['depth_share'][k] is the
     share of the sub-networks through k blocks, sum_{|J| = k} H^J / H averaged over the pairs with
     |H| > 1e-12 max|H|; the figure shows it as bars. Needs a model with 1..10 blocks; skip branches
     may hold ops (projection shortcuts), and biases count in the sub-network that skips every block
@@ -378,17 +400,30 @@ def ensemble_decomposition(model: GatedNet, X: torch.Tensor, tol: float | None =
         for J in itertools.combinations(range(len(blocks)), k):
             by_depth[k] += subnetwork_npk(model, X, X, J, gates)
     error = _relative(by_depth.sum(0), H, scale)
+    if independent is None:
+        try:
+            check_size(model, max_classes)
+            independent = True
+        except ValueError:
+            independent = False
+    reference = None
+    if independent:
+        reference = max(_relative(subnetwork_npk(model, X, X, J, gates),
+                                  reference_subnetwork_npk(model, X, J, max_classes).to(H.dtype), scale)
+                        for k in range(len(blocks) + 1) for J in itertools.combinations(range(len(blocks)), k))
     closed = (_relative(ensemble_closed_form(model, X), H, scale)
               if _closed_form_layers(model) is not None else None)
     mask = H.abs() > 1e-12 * scale
     share = [float((S[mask] / H[mask]).mean()) for S in by_depth]
-    statistic = max(error, closed or 0.0)
+    statistic = max(error, reference or 0.0, closed or 0.0)
     return CheckResult(
         name="ensemble_decomposition",
         claim="H = sum over the 2^b subsets J of residual blocks of H^J (sub-network J, full network's gates)"
+              + (", each H^J = its path enumeration" if reference is not None else "")
               + ("; = <x, x'> prod ov_stem prod_k (1 + ov_k)" if closed is not None else ""),
         statistic=statistic, tolerance=tol, passed=statistic <= tol,
-        details={"n_blocks": len(blocks), "decomposition_error": error, "closed_form_error": closed,
+        details={"n_blocks": len(blocks), "decomposition_error": error, "reference_error": reference,
+                 "closed_form_error": closed,
                  "depth_share": share, "n_samples": len(X)},
         plotter=_plot_depth_share)
 
