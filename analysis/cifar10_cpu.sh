@@ -5,7 +5,7 @@
 #   skips finished ones (their folders refuse to be overwritten). Each run's wall time goes to its log line.
 set -u
 root=${1:?usage: sh analysis/cifar10_cpu.sh DATA_ROOT [name ...]}; shift
-[ $# -gt 0 ] || set -- dnn-dgn-dlgn-c4gap dnn-dgn-dlgn-resnet20 regimes
+[ $# -gt 0 ] || set -- dnn-dgn-dlgn-c4gap dnn-dgn-dlgn-resnet20 regimes regimes-30ep kernels-vs-network
 for name in "$@"; do
   for experiment in dnn-dgn-dlgn regimes kernels-vs-network gate-copy shuffle-and-ones ""; do
     case $name in "$experiment"*) break;; esac
