@@ -201,7 +201,7 @@ def main() -> None:
                                    for k, v in rates.items()) + " (GEMM in op/s, 2 per multiply-add; popcount in words/s)")
     used = "AND+popcount" if "AND+popcount" in rates else next(k for k in rates if k.endswith("GEMM") and k != "fp32 GEMM")
     methods = [k for k in rates if k != "bandwidth"]
-    print(f"\nper-pair floor (ms) = max(overlaps at the measured rate, one read + write of the pair kernel per layer):")
+    print("\nper-pair floor (ms) = max(overlaps at the measured rate, one read + write of the pair kernel per layer):")
     print(f"{'case':<8} {'traffic':>8} " + " ".join(f"{m:>13}" for m in methods))
     for case in CASES:
         f = floors(rates, case)

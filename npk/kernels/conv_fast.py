@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .. import graph
 from . import compact
