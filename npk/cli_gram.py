@@ -63,12 +63,17 @@ def build_model(expression: str):
                          f"'DLGN(64, [128, 128], 10)'; got {expression!r} ({err})") from None
     if call.func.id not in models.__all__ or not callable(getattr(models, call.func.id)):
         raise ValueError(f"--model: {call.func.id!r} is not in npk.models; choose one of {', '.join(models.__all__)}")
-    return getattr(models, call.func.id)(*args, **kwargs)
+    try:
+        return getattr(models, call.func.id)(*args, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--model {expression}: {err}") from None
 
 
 def load_weights(model, path: str) -> None:
-    import torch
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint of npk.train (its "model" entry) or a plain state dict into `model`; ValueError
+    (naming the file) when it cannot be read or does not fit."""
+    from .files import load_pt
+    state = load_pt(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]                       # an npk.train checkpoint
     try:
@@ -102,7 +107,7 @@ def run(args) -> int:
             options["memory_budget"] = args.memory_budget
         start = time.perf_counter()
         (npk_gram if args.kernel == "npk" else ntk_gram)(model, X, **options)
-    except (ValueError, FileNotFoundError, MemoryError, RuntimeError, ImportError) as err:
+    except (ValueError, OSError, MemoryError, RuntimeError, ImportError) as err:
         print(f"npk gram: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}: the {args.kernel.upper()} Gram of {len(X)} {ds.name} {args.split} samples "

@@ -36,5 +36,7 @@ def load_pt(path, map_location="cpu"):
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(Path(path), map_location=map_location, weights_only=True)
     except LOAD_ERRORS as e:
-        raise UnreadableFile(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                             ) from e
+        reason = str(e).splitlines()[0] if str(e) else ""
+        if "Weights only load failed" in reason:   # torch's advice to load unsafely is not ours to give
+            reason = "not a file of tensors and plain data: corrupt, or written by something else"
+        raise UnreadableFile(f"{path} is unreadable ({type(e).__name__}: {reason})") from e

@@ -91,6 +91,10 @@ COMMAND = [
                                      "--out", "{tmp}/nan"], "the training loss became nan in epoch 1; lower the learning rate"),
     ("missing data files", ["run", "npk-evolution", "--dataset", "mnist", "--data-root", "{tmp}/none",
                             "--out", "{tmp}/mnist"], "{tmp}/none"),
+    ("npk gram on a corrupt checkpoint", ["gram", "{tmp}/a-file", "--model", "DLGN(64, [8], 10)", "--out",
+                                          "{tmp}/g.npy"], "npk gram: error: {tmp}/a-file is unreadable"),
+    ("npk gram --model with a bad argument", ["gram", "--model", "DLGN(64, [8], 10, bogus=1)", "--out", "{tmp}/g.npy"],
+     "unexpected keyword argument 'bogus'"),
 ]
 
 
@@ -192,5 +196,5 @@ def test_a_damaged_file_is_named(tmp_path, make, error, phrase):
 
 
 def test_the_tables_count_the_cases():
-    assert len(LIBRARY) + len(COMMAND) + len(FILES) == 40
+    assert len(LIBRARY) + len(COMMAND) + len(FILES) == 42
     assert json.dumps([c[0] for c in LIBRARY + COMMAND + FILES])  # every case is named

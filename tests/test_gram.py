@@ -253,3 +253,18 @@ def test_concurrent_writers_of_one_file_never_share_a_temporary_name(tmp_path):
         t.join()
     assert not errors and torch.load(tmp_path / "f.pt", weights_only=True)[0].item() in range(4)
     assert [p.name for p in tmp_path.iterdir()] == ["f.pt"]
+
+
+def test_the_store_refuses_a_model_whose_gates_were_permuted_across_or_within_layers(tmp_path):
+    """The fingerprint covers the gate options the weights do not show: layer order (which changes a conv
+    net's NPK) and unit permutations (a relabelling, same NPK, but another model)."""
+    from npk.models import regimes
+    torch.manual_seed(0)
+    model = ConvDGN(1, [3, 3, 3], input_size=5, d_out=1).double()
+    X = images(4)
+    npk_gram(model, X, checkpoint_dir=tmp_path / "t")
+    for over in ("layers", "units"):
+        shuffled = regimes.shuffled_gates(model, seed=1, over=over)
+        assert torch.equal(npk_gram(shuffled, X), npk_gram(model, X)) is (over == "units")
+        with pytest.raises(ValueError, match="model"):
+            npk_gram(shuffled, X, checkpoint_dir=tmp_path / "t")

@@ -216,6 +216,16 @@ def test_a_swap_cut_between_its_renames_puts_the_finished_run_back(tmp_path, cap
     assert "put back the finished run" in capsys.readouterr().err
 
 
+def test_a_forced_rerun_that_finished_but_was_not_swapped_in_is_swapped_in_not_thrown_away(tmp_path, capsys):
+    out = tmp_path / "run"
+    run_tiny(out)
+    run_tiny(tmp_path / ".run.new", a=5)                     # as if killed right after finishing, before the swap
+    with pytest.raises(FileExistsError, match="holds a finished run"):
+        run_tiny(out)
+    assert json.loads((out / "results.json").read_text())["double"] == 10 and not (tmp_path / ".run.new").exists()
+    assert "swapped in the finished forced rerun" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ failed runs
 def test_a_run_failing_before_any_stage_leaves_no_folder(tmp_path):
     with pytest.raises(ValueError, match="failing before any stage"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from numbers import Integral
 from typing import Mapping, Sequence
 
@@ -15,12 +14,12 @@ from .. import data as datasets
 from .. import models
 from ..files import UnreadableFile, load_pt
 from ..fit import kernel_ridge
+from ..kernels import store
 from ..kernels.gram import preflight_grams
 from ..kernels.infinite import infinite_ntk
 from ..kernels.npk import npk_gram
 from ..kernels.ntk import ntk_gram
 from ..plots import accuracy_bars, new_figure, save_figure
-from ..report import data_checksum, jsonable
 from ..train import CHECKPOINT_FILE, TrainResult, train
 from .base import Run
 
@@ -230,24 +229,9 @@ def train_net(run: Run, key: str, model: torch.nn.Module, data, cfg: dict, seed:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of a model's architecture (its repr and the plain attributes of every submodule: gate kind,
-    beta, gate permutations, ...), its weights and which of them train."""
-    parts = [repr(model)]
-    for name, module in model.named_modules():
-        attrs = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and _plain(v)}
-        parts.append(f"{name}:{json.dumps(jsonable(attrs), sort_keys=True)}")
-    parts.append(data_checksum(model.state_dict()))
-    parts.append(str([n for n, p in model.named_parameters() if p.requires_grad]))
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def _plain(value) -> bool:
-    """True for numbers, strings, None, tensors and lists / tuples / dicts of them."""
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return isinstance(value, (str, int, float, bool, type(None), torch.Tensor))
+    """`npk.kernels.store.model_fingerprint` (architecture, options, weights) and which weights train."""
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    return hashlib.sha256(f"{store.model_fingerprint(model)}{trainable}".encode()).hexdigest()
 
 
 def mean_std(values: Sequence[float]) -> dict:

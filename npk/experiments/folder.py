@@ -109,10 +109,13 @@ class RunFolder:
                 os.rename(old, self.target)
                 self.notes.append(f"put back the finished run of {self.target}: a forced rerun was cut while "
                                   f"swapping it out")
+        if new.exists() and _results(new).get("finished") is True:   # cut between finishing and the swap
+            self.path = new
+            self.commit()
+            self.notes.append(f"swapped in the finished forced rerun of {self.target}: the run that made it "
+                              f"stopped before swapping it in")
         if self.force:
-            if new.exists() and _results(new).get("finished") is True:
-                shutil.rmtree(new)
-            elif new.exists():
+            if new.exists():
                 self.notes.append(f"resuming the interrupted forced rerun in {new}")
             self.path = new
         else:

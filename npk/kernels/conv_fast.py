@@ -257,10 +257,10 @@ def _run_extension(ops, start: int, convs, layers, ctx, M: torch.Tensor | None =
 
 # ----------------------------------------------------------------------------------- torch backend
 def _run_torch(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
-    from .npk import shift_sum
+    from .npk import conv_sum
     hard = hard_gates(ctx, layers)
     for conv, l in zip(convs, layers):
-        M = shift_sum(M, conv.module.kernel_size, conv.circular)
+        M = conv_sum(M, conv.axes)
         if conv.has_bias:
             M = M + 1
         M = exact_overlap(ctx.gx[l], ctx.gy[l], M.dtype, hard).mul_(M)

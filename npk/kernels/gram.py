@@ -15,6 +15,7 @@ their (n, m, ...) block. The driver
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -133,7 +134,7 @@ def blocked_gram(kernel: TileKernel, X, Y=None, *, block: int, out=None, checkpo
         store = TileStore(checkpoint_dir, fingerprint, holds_tiles=not isinstance(array, np.memmap))
     rows, cols = _cuts(N, block), _cuts(M, block)
     total = len(rows) * (len(rows) + 1) // 2 if symmetric else len(rows) * len(cols)
-    with _bar(total, progress, kernel.name) as bar, (store or _Nothing()) as store:
+    with _bar(total, progress, kernel.name) as bar, (store or contextlib.nullcontext()) as store:
         if store is not None and fresh:
             for path in store.dir.glob("tile_*.pt"):   # records of tiles in an output file that is gone
                 path.unlink()
@@ -309,14 +310,6 @@ def _inputs_digest(X, Y) -> str:
     tensors = [t for inputs in (X, Y) if inputs is not None
                for t in (inputs if isinstance(inputs, tuple) else (inputs,)) if isinstance(t, torch.Tensor)]
     return digest_tensors(*tensors, extra=f"{Y is None}")
-
-
-class _Nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
 
 
 def _bar(total: int, enabled: bool | None, name: str):

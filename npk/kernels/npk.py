@@ -387,11 +387,6 @@ def conv_sum(M: torch.Tensor, axes: Sequence[graph.Axis]) -> torch.Tensor:
     return M
 
 
-def shift_sum(M: torch.Tensor, kernel_size: Sequence[int], circular: bool) -> torch.Tensor:
-    """sum_o M(i + o, i' + o) over the offsets o of a 'same'-size odd kernel; outside: wrap around or zero."""
-    return conv_sum(M, [graph.Axis(k, pad=(k // 2, k // 2), circular=circular) for k in kernel_size])
-
-
 def _axis_window_sum(M: torch.Tensor, a: int, b: int, axis: graph.Axis) -> torch.Tensor:
     """The general tap sum on axes a and b: pad both (zeros or wrap-around), then add strided slices."""
     n = M.shape[a]

@@ -68,12 +68,28 @@ def tensor_bytes(t) -> memoryview:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Architecture (type and module tree, gate options) and every state tensor of `model`."""
+    """Architecture (type, module tree and the plain attributes of every submodule: gating, gate kind,
+    beta, eps, layer order, gate permutations, ...) and every state tensor of `model`."""
+    parts = [type(model).__qualname__, repr(model)]
+    for name, module in model.named_modules():
+        attrs = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and _plain(v)}
+        parts.append(f"{name}:{json.dumps(attrs, sort_keys=True, default=_tensor_digest)}")
     state = model.state_dict()
-    options = {k: repr(getattr(model, k, None)) for k in ("gating", "gate_kind", "beta", "eps", "value_input",
-                                                           "input_shape", "gate_permutations")}
     names = sorted(state)
-    return digest_tensors(*(state[n] for n in names), extra=f"{type(model).__qualname__}{model!r}{options}{names}")
+    return digest_tensors(*(state[n] for n in names), extra="\n".join(parts) + str(names))
+
+
+def _plain(value) -> bool:
+    """True for numbers, strings, None, tensors and lists / tuples / dicts of them."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return isinstance(value, (str, int, float, bool, type(None), torch.Tensor))
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    return digest_tensors(t)
 
 
 def checksum(tile) -> str:
