@@ -1,10 +1,13 @@
-"""Reading back the .pt files npk writes (caches, checkpoints, Gram blocks): weights_only loads that name
-the file when it cannot be read."""
+"""Writing files atomically, and reading back the .pt files npk writes (caches, checkpoints, Gram tiles):
+weights_only loads that name the file when it cannot be read."""
 from __future__ import annotations
 
+import os
 import pickle
+import uuid
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,3 +43,21 @@ def load_pt(path, map_location="cpu"):
         if "Weights only load failed" in reason:   # torch's advice to load unsafely is not ours to give
             reason = "not a file of tensors and plain data: corrupt, or written by something else"
         raise UnreadableFile(f"{path} is unreadable ({type(e).__name__}: {reason})") from e
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Call write(tmp) and move tmp over `path`, so a reader never sees a half-written file.
+
+    The temporary name is unique to the writer (pid and a random suffix), so concurrent writers of the
+    same file never clash; the last move wins.
+
+    Example:
+        >>> atomic_write("state.pt", lambda tmp: torch.save({"epoch": 3}, tmp))  # doctest: +SKIP
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

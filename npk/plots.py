@@ -8,13 +8,14 @@ Without either, the figure comes from pyplot (so that it shows in a notebook).
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+
+from .files import atomic_write
 
 DPI = 150
 STYLE = {"axes.grid": False, "axes.spines.top": False, "axes.spines.right": False, "font.size": 9,
@@ -47,9 +48,7 @@ def save_figure(fig: Figure, path) -> Path:
     """Save `fig` as a PNG at `path` (folders created; written to a temporary file, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=DPI, format="png")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     return path
 
 

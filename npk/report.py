@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .files import atomic_write
 from .plots import save_figure
 
 RESULTS = "results.json"
@@ -30,15 +31,14 @@ RESULTS = "results.json"
 
 # ------------------------------------------------------------------------------------------ helpers
 def atomic_write_text(path, text: str) -> Path:
-    """Write text to `path` through a temporary file in the same folder and os.replace (never half written)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write text to `path` atomically (`npk.files.atomic_write`), synced to disk before the move."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    atomic_write(path, write)
+    return Path(path)
 
 
 def jsonable(value):

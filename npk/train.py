@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .files import UnreadableFile, load_pt
-from .kernels.store import atomic_write
+from .files import UnreadableFile, atomic_write, load_pt
 
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "mse")

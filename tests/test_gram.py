@@ -13,7 +13,8 @@ from npk.kernels.infinite import expected_npk
 from npk.kernels.npk import NPKTiles, block_size, npk_gram
 from npk.kernels.ntk import ntk_gram
 from npk.kernels.reference import reference_npk
-from npk.kernels.store import TileStore, atomic_write
+from npk.files import atomic_write
+from npk.kernels.store import TileStore
 from npk.models import C4GAP, DGN, ConvDGN
 
 from test_locks import holder as lock_holder

@@ -24,8 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..files import UnreadableFile, load_pt
-from ..kernels.store import atomic_write
+from ..files import UnreadableFile, atomic_write, load_pt
 from ..report import Report, RunDir, jsonable, write_json
 from .folder import RunFolder
 

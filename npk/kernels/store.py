@@ -18,35 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from ..files import atomic_write
 from ..locks import FolderLock, LockBusy
 
 META_FILE, LOCK_FILE = "gram.json", "lock"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """Call write(tmp) and move tmp over `path`, so a reader never sees a half-written file.
-
-    The temporary name is unique to the writer (pid and a random suffix), so concurrent writers of the
-    same file never clash; the last move wins.
-
-    Example:
-        >>> atomic_write("state.pt", lambda tmp: torch.save({"epoch": 3}, tmp))  # doctest: +SKIP
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------- fingerprints
