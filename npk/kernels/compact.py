@@ -167,9 +167,18 @@ def gate_bytes(shapes: Sequence[tuple[int, ...]], n: int, kind: str, itemsize: i
 
 def model_gates(model, X: torch.Tensor, kind: str | None = None) -> list[torch.Tensor]:
     """model.gates(X, kind) computed in the model's dtype (X cast to it), without autograd."""
-    param = next(model.parameters())
+    return on_model(model.gates, model, X, kind)
+
+
+def model_selections(model, X: torch.Tensor) -> list[torch.Tensor]:
+    """The model's max-pool selections on X, like `model_gates` (none without max pools)."""
+    return on_model(model.selections, model, X) if model.n_pools else []
+
+
+def on_model(method, model, X: torch.Tensor, *args):
+    """method(X, *args) with X cast to the model's dtype, without autograd."""
     with torch.no_grad():
-        return model.gates(X.to(param.dtype), kind)
+        return method(X.to(next(model.parameters()).dtype), *args)
 
 
 def gate_shapes(model) -> list[tuple[int, ...]]:

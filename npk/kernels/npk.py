@@ -35,7 +35,8 @@ from .. import graph
 from . import conv_fast
 from ..models.base import GatedNet, check_input
 from ..models.gates import check_kind
-from .compact import LayerGates, compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates, unpack_gates
+from .compact import (LayerGates, compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates,
+                      model_selections, unpack_gates)
 from .gram import TileKernel, available_memory, blocked_gram, dtype_size, preflight
 from ..validate import check_gram_request
 
@@ -145,7 +146,7 @@ def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[
     conv kernel takes (`npk.kernels.conv_fast`) forms the input pair kernel itself.
     """
     gx, gy = (g if isinstance(g, LayerGates) else LayerGates(g, X.dtype) for g in (gx, gy))
-    ctx = GatePair(gx, gy, kernel_selections(model, X), kernel_selections(model, Y), graph.channel_plan(model.ops))
+    ctx = GatePair(gx, gy, model_selections(model, X), model_selections(model, Y), graph.channel_plan(model.ops))
     fused = conv_fast.input_run(model, X, Y, ctx)
     M, start = fused if fused else (input_kernel(model, X, Y), 0)
     H = propagate(model.ops[start:], Pair(M, "sum", X.shape[1]), ctx).summed()
@@ -266,15 +267,6 @@ def overlap(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     a = A.reshape(n, C, P).transpose(1, 2).reshape(n * P, C)
     b = B.reshape(m, C, P).transpose(1, 2).reshape(m * P, C)
     return (a @ b.T).reshape(n, P, m, P).transpose(1, 2).reshape(n, m, *spatial, *spatial)
-
-
-def kernel_selections(model: GatedNet, X: torch.Tensor) -> list[torch.Tensor]:
-    """The model's max-pool selections on X (none without max pools)."""
-    if not model.n_pools:
-        return []
-    param = next(model.parameters())
-    with torch.no_grad():
-        return model.selections(X.to(param.dtype))
 
 
 # ------------------------------------------------------------------------------------ op rules

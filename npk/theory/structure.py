@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from .. import graph
-from ..kernels.npk import GatePair, kernel_gates, kernel_selections, npk_gram, overlap, propagate
+from ..kernels.compact import model_selections
+from ..kernels.npk import GatePair, kernel_gates, npk_gram, overlap, propagate
 from ..kernels.reference import DEFAULT_MAX_CLASSES, check_size, path_features
 from ..models.base import GatedNet, check_input
 from .result import CheckResult
@@ -314,7 +315,7 @@ def subnetwork_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = No
     Y = X if Y is None else check_input(Y, model.input_shape, "Y")
     gx, gy = gates if gates is not None else (kernel_gates(model, X, None), kernel_gates(model, Y, None))
     M = overlap(model.value_stream_input(X), model.value_stream_input(Y))
-    selections = GatePair(gx, gy, kernel_selections(model, X), kernel_selections(model, Y))
+    selections = GatePair(gx, gy, model_selections(model, X), model_selections(model, Y))
     return propagate(subnetwork_ops(model.ops, keep), M, selections)
 
 
