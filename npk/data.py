@@ -88,7 +88,8 @@ HOW_TO_GET = {
 @dataclass
 class Dataset:
     """Train and test tensors of one data set. ``shape`` is the per-sample shape of ``X_*``;
-    ``classes[k]`` is the original name (or label) of class ``k``; ``info`` records how it was made."""
+    ``classes[k]`` is the original name (or label) of class ``k``; ``info`` records how it was made.
+    ``X_val`` / ``y_val``: a validation split held out of the training images (``hold_out``), or None."""
     X_train: torch.Tensor
     y_train: torch.Tensor
     X_test: torch.Tensor
@@ -97,6 +98,8 @@ class Dataset:
     classes: list
     shape: tuple
     info: dict = field(default_factory=dict)
+    X_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     @property
     def n_classes(self) -> int:
@@ -105,14 +108,40 @@ class Dataset:
     def flat(self) -> "Dataset":
         """A new Dataset with X reshaped to (N, d) (views of the same storage) and shape (d,)."""
         d = int(np.prod(self.shape))
+        X_val = None if self.X_val is None else self.X_val.reshape(len(self.X_val), d)
         return dataclasses.replace(self, X_train=self.X_train.reshape(len(self.X_train), d),
-                                   X_test=self.X_test.reshape(len(self.X_test), d), shape=(d,),
+                                   X_test=self.X_test.reshape(len(self.X_test), d), X_val=X_val, shape=(d,),
                                    info=dict(self.info))
 
+    def hold_out(self, fraction: float, seed: int = 0) -> "Dataset":
+        """A new Dataset whose training images lose a seeded, class-stratified ``fraction`` to X_val / y_val.
+
+        Standardisation statistics stay those of the loaded training set (the held-out images are scaled
+        like the rest). Raises ValueError when a split would be empty or the data already has one."""
+        if self.X_val is not None:
+            raise ValueError("this Dataset already has a validation split; hold out from the loaded data once")
+        if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+            raise ValueError(f"the validation fraction must be a number in (0, 1), e.g. 0.1, got {fraction!r}")
+        n = len(self.y_train)
+        n_val = int(round(fraction * n))
+        if n_val < 1 or n_val >= n:
+            raise ValueError(f"val_fraction = {fraction} of {n} training samples holds out {n_val}; "
+                             f"it must leave at least one sample on each side")
+        from sklearn.model_selection import train_test_split
+        labels = self.y_train.numpy()
+        stratify = labels if np.bincount(labels).min() >= 2 and n_val >= len(np.unique(labels)) else None
+        keep, val = train_test_split(np.arange(n), test_size=n_val, random_state=seed, stratify=stratify)
+        keep, val = torch.from_numpy(np.sort(keep)), torch.from_numpy(np.sort(val))
+        return dataclasses.replace(self, X_train=self.X_train[keep], y_train=self.y_train[keep],
+                                   X_val=self.X_train[val], y_val=self.y_train[val],
+                                   info={**self.info, "val_fraction": fraction, "val_seed": seed})
+
     def checksum(self) -> str:
-        """sha256 hex digest of the four arrays (dtype, shape and bytes): a provenance fingerprint."""
+        """sha256 hex digest of the arrays (dtype, shape and bytes; the validation split too, when there is
+        one): a provenance fingerprint."""
         from .report import data_checksum
-        return data_checksum({key: getattr(self, key) for key in ("X_train", "y_train", "X_test", "y_test")})
+        keys = ("X_train", "y_train", "X_test", "y_test") + (("X_val", "y_val") if self.X_val is not None else ())
+        return data_checksum({key: getattr(self, key) for key in keys})
 
 
 @dataclass

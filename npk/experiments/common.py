@@ -27,11 +27,14 @@ FAMILIES = ("fc", "conv", "res")
 
 
 def load_data(cfg: dict, flatten: bool, run: Run | None = None) -> datasets.Dataset:
-    """The data set named by cfg (dataset, data_root, n_train, n_test, seed, binary); with `run`, its
+    """The data set named by cfg (dataset, data_root, n_train, n_test, seed, binary), with a
+    validation split of val_fraction held out of the training images when that key is non-zero; with `run`, its
     checksum goes into the run's results.json (provenance) and into the input records of later stages."""
     data = datasets.load(cfg["dataset"], root=cfg.get("data_root"), n_train=cfg.get("n_train"),
                          n_test=cfg.get("n_test"), binary=cfg.get("binary"), seed=cfg.get("seed", 0),
                          flatten=flatten)
+    if cfg.get("val_fraction"):
+        data = data.hold_out(cfg["val_fraction"], seed=cfg.get("seed", 0))
     if run is not None:
         label = f"{data.name} binary={cfg.get('binary')}"
         run.data_seen[label] = data.checksum()
@@ -194,6 +197,7 @@ def build_model(family: str, kind: str, data, cfg: dict, seed: int, **opts) -> m
     """A fresh model of `family` and `kind`, seeded by `seed`: a preset (cfg conv_preset / res_preset) or
     `common.make_model` with cfg's widths / channels (+ dense_widths for conv). `opts` go to the class."""
     preset = cfg.get(f"{family}_preset")
+    opts.setdefault("bias", cfg.get("bias", False))
     if preset is None:
         if family == "conv":
             opts.setdefault("dense_widths", cfg.get("dense_widths", []))
@@ -213,7 +217,7 @@ def train_net(run: Run, key: str, model: torch.nn.Module, data, cfg: dict, seed:
     runs (training continues); a checkpoint past `epochs` is discarded and the training starts again."""
     epochs = epochs or cfg["epochs"]
     options = dict(lr=cfg["lr"], batch_size=cfg["batch_size"], optimizer=cfg["optimizer"], seed=seed,
-                   keep_best=keep_best)
+                   keep_best=keep_best, patience=cfg.get("patience"))
     folder = run.checkpoint_dir(key, depends={"model": model_fingerprint(model), "data": run.data_seen, **options})
     saved = folder / CHECKPOINT_FILE
     if saved.exists():
@@ -248,9 +252,17 @@ def pm(stats: Mapping) -> str:
 
 
 def accuracy_summary(results: Sequence[TrainResult]) -> dict:
-    """Mean +- std over runs of the best and the final test accuracy."""
-    return {"best": mean_std([r.best_test_acc for r in results]),
-            "final": mean_std([r.final_test_acc for r in results])}
+    """Mean +- std over runs of the test accuracy at the selected epoch ("selected", chosen on validation
+    when the data has a split), the best test accuracy over epochs ("best", test-selected) and the final
+    one, plus each run's record ("runs": selected epoch, epochs run, per-test-sample hits, wall time)."""
+    return {"selected": mean_std([r.selected_test_acc for r in results]),
+            "best": mean_std([r.best_test_acc for r in results]),
+            "final": mean_std([r.final_test_acc for r in results]),
+            "selected_on": results[0].selected_on,
+            "runs": [{"selected_epoch": r.selected_epoch, "epochs_run": r.epochs_run,
+                      "stopped_early": r.stopped_early, "selected_test_acc": r.selected_test_acc,
+                      "best_test_acc": r.best_test_acc, "val_acc": r.val_acc, "test_acc": r.test_acc,
+                      "test_hits": r.selected_test_correct, "wall_time_s": r.wall_time} for r in results]}
 
 
 def bars_with_errors(stats: Mapping[str, Mapping[str, Mapping]], path, title: str):

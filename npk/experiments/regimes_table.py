@@ -9,7 +9,10 @@
 
 as in the NPF/NPK paper (PAPER.md section 3; sources in `npk.models.regimes`). Every regime of one seed
 but FLNPF starts from the same template (the same initial value weights); FLNPF's are fresh. Each cell of
-the table is the mean +- standard deviation over seeds of each run's best (and final) test accuracy.
+the table is the mean +- standard deviation over seeds of each run's test accuracy at its selected epoch:
+chosen on a validation split held out of the training images when val_fraction > 0 (`patience` stops
+early), else the best test epoch (optimistic, and named so). FLNPF copies the ReLU network's gates at
+that selected epoch. `bias` puts biases in the value and gating networks.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def run_regimes(run: Run, family: str, data, cfg: dict, seed: int) -> tuple[dict
 def interpret(label: str, acc: Mapping[str, float]) -> str:
     """One sentence per family: learnt against random gates, and each regime against ReLU."""
     parts = [f"{name} {100 * acc[name]:.2f}%" for name in PAPER_ORDER if name in acc]
-    text = f"**{label}** (mean best test accuracy): " + ", ".join(parts) + "."
+    text = f"**{label}** (mean test accuracy at the selected epoch): " + ", ".join(parts) + "."
     learnt = [acc[n] for n in ("FLNPF", "DLNPF") if n in acc]
     random = [acc[n] for n in ("FRNPF-II", "FRNPF-DI") if n in acc]
     if learnt and random:
@@ -78,7 +81,8 @@ def interpret(label: str, acc: Mapping[str, float]) -> str:
     defaults=dict(dataset="digits", data_root=None, n_train=None, n_test=None, seed=0, n_seeds=2,
                   families=["fc", "conv"], regimes=list(PAPER_ORDER), widths=[128] * 6, channels=[16] * 4,
                   dense_widths=[], padding="zero", res_width=64, res_blocks=3, conv_preset=None, res_preset=None,
-                  epochs=10, batch_size=32, optimizer="adam", lr=3e-3, device="cpu"),
+                  bias=False, epochs=10, batch_size=32, optimizer="adam", lr=3e-3, val_fraction=0.0, patience=None,
+                  device="cpu"),
     quick=dict(n_train=200, n_test=100, widths=[32, 32], channels=[4, 4], res_width=16, res_blocks=2, epochs=3,
                lr=1e-2),
 )
@@ -89,7 +93,7 @@ def regimes_table(cfg: dict, run) -> dict:
         raise ValueError("FLNPF copies the gates of the trained ReLU network: keep 'ReLU' in regimes")
     data = load_data(cfg, flatten=False, run=run)
     order = [name for name in PAPER_ORDER if name in cfg["regimes"]]
-    summary, agreement, rows_best, rows_final, paragraphs = {}, {}, [], [], []
+    summary, agreement, rows_selected, rows_best, rows_final, paragraphs = {}, {}, [], [], [], []
     for family in cfg["families"]:
         fdata = family_view(family, data, cfg)
         per_seed = [run_regimes(run, family, fdata, cfg, seed) for seed in seeds]
@@ -98,24 +102,30 @@ def regimes_table(cfg: dict, run) -> dict:
         label = f"{family_label(family, cfg)} ({cfg['dataset']})"
         rows_best.append([label, *[pm(summary[family][n]["best"]) for n in order]])
         rows_final.append([label, *[pm(summary[family][n]["final"]) for n in order]])
-        paragraphs.append(interpret(label, {n: summary[family][n]["best"]["mean"] for n in order}))
+        rows_selected.append([label, *[pm(summary[family][n]["selected"]) for n in order]])
+        paragraphs.append(interpret(label, {n: summary[family][n]["selected"]["mean"] for n in order}))
     columns = ["net (data)", *order]
+    chosen = summary[cfg["families"][0]][order[0]]["selected_on"]
     report = run.report
-    report.heading(f"Training regimes ({len(seeds)} seed{'s' * (len(seeds) > 1)}, {cfg['epochs']} epochs, "
-                   f"{cfg['optimizer']} lr {cfg['lr']}, batch {cfg['batch_size']})")
-    report.paragraph("Best test accuracy over epochs (%, mean ± std over seeds):")
+    report.heading(f"Training regimes ({len(seeds)} seed{'s' * (len(seeds) > 1)}, at most {cfg['epochs']} epochs, "
+                   f"{cfg['optimizer']} lr {cfg['lr']}, batch {cfg['batch_size']}, bias {cfg['bias']})")
+    report.paragraph(f"Test accuracy at the {chosen}-selected epoch (%, mean ± std over seeds"
+                     + ("; no validation split, so an optimistic figure):" if chosen == "test" else "):"))
+    report.table(rows_selected, columns)
+    report.paragraph("For reference, the best test accuracy over epochs (test-selected, %):")
     report.table(rows_best, columns)
     report.paragraph("Final test accuracy (%, mean ± std over seeds):")
     report.table(rows_final, columns)
     figure = run.figure_path("regimes.png")
-    bars_with_errors({family_label(f, cfg): {n: summary[f][n]["best"] for n in order} for f in cfg["families"]},
-                     figure, "Best test accuracy per training regime (mean ± std over seeds)")
-    report.figure(figure, "Best test accuracy of each training regime (error bars: ± std over seeds)")
+    bars_with_errors({family_label(f, cfg): {n: summary[f][n]["selected"] for n in order} for f in cfg["families"]},
+                     figure, f"Test accuracy per training regime ({chosen}-selected epoch)")
+    report.figure(figure, f"Test accuracy of each training regime at the {chosen}-selected epoch "
+                          f"(error bars: ± std over seeds)")
     for text in paragraphs:
         report.paragraph(text)
     if any(agreement.values()):
         low = min(min(a) for a in agreement.values() if a)
-        report.paragraph(f"FLNPF check: its frozen gates agree with the best ReLU checkpoint's gates on "
+        report.paragraph(f"FLNPF check: its frozen gates agree with the selected ReLU checkpoint's gates on "
                          f"{low:.2%} of (test sample, unit) pairs (must be 100%).")
     return {"regimes": summary, "flnpf_gate_agreement": agreement,
-            "table": {"columns": columns, "rows": rows_best}, "seeds": seeds}
+            "table": {"columns": columns, "rows": rows_selected}, "seeds": seeds}
