@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("name", help="experiment name (see `npk list`)")
     add_run_options(run)
     sub.add_parser("list", help="list the experiments")
+    tables = sub.add_parser("tables", help="rebuild the README's result tables from results/*/seed-*/results.json")
+    tables.add_argument("--readme", default="README.md", help="the file whose marked tables to rewrite")
+    tables.add_argument("--results", default="results", help="the folder of committed results")
+    tables.add_argument("--check", action="store_true", help="write nothing; exit 1 if a table differs")
     cli_gram.add_parser(sub)
     return parser
 
@@ -148,6 +152,8 @@ def main(argv=None) -> int:
     if args.command == "gram":
         return cli_gram.run(args)
     prog = f"npk {args.command}"
+    if args.command == "tables":
+        return run_tables(args, prog)
     from . import experiments
     if args.command == "list":
         width = max(map(len, experiments.EXPERIMENTS))
@@ -187,6 +193,22 @@ def main(argv=None) -> int:
     finally:
         warnings.showwarning = previous
     print(f"wrote {folder}/report.md in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def run_tables(args, prog: str) -> int:
+    """`npk tables`: rewrite (or, with --check, compare) the README's marked tables from the results folder."""
+    from .tables import rebuild_readme
+    try:
+        stale = rebuild_readme(Path(args.readme), Path(args.results), check=args.check)
+    except (OSError, ValueError) as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    if args.check and stale:
+        print(f"{prog}: {args.readme} differs from {args.results} in: {', '.join(stale)}; run `npk tables`",
+              file=sys.stderr)
+        return 1
+    print(f"{prog}: {'checked' if args.check else 'rebuilt'} the tables of {args.readme}")
     return 0
 
 

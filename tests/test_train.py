@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from npk.models.fc import DNN
-from npk.train import CHECKPOINT_FILE, accuracy, evaluate, train
+from npk.train import CHECKPOINT_FILE, accuracy, evaluate, train, unpack_hits
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +186,51 @@ def test_bad_input(small):
     frozen.requires_grad_(False)
     with pytest.raises(ValueError, match="nothing to train"):
         train(frozen, small, epochs=1, lr=0.1)
+
+
+# ------------------------------------------------------------------------------------------ selection on validation
+def with_validation(data, n_val=100):
+    return types.SimpleNamespace(X_train=data.X_train[n_val:], y_train=data.y_train[n_val:], X_test=data.X_test,
+                                 y_test=data.y_test, X_val=data.X_train[:n_val], y_val=data.y_train[:n_val])
+
+
+def test_selection_on_validation_and_patience(small, tmp_path):
+    data = with_validation(small)
+    result = train(net(), data, epochs=30, lr=5e-2, optimizer="adam", patience=2, keep_best=True, progress=False,
+                   checkpoint_dir=tmp_path)
+    best_val = max(result.val_acc)
+    assert result.selected_on == "validation"
+    assert result.val_acc[result.eval_epochs.index(result.selected_epoch)] == best_val
+    assert all(v < best_val for v in result.val_acc[:result.eval_epochs.index(result.selected_epoch)])  # the first best
+    # patience 2: exactly two evaluations after the selected one, unless the 30 epochs ran out first
+    assert result.stopped_early and result.epochs_run == result.selected_epoch + 2 < 30
+    assert result.selected_test_acc == result.test_acc[result.selected_epoch - 1]
+    selected = net()
+    selected.load_state_dict(result.best_state)               # keep_best keeps the selected epoch's weights
+    assert accuracy(selected, data.X_test, data.y_test) == result.selected_test_acc
+    hits = unpack_hits(result.selected_test_correct, len(data.y_test))
+    assert hits.mean() == result.selected_test_acc
+    assert hits.tolist() == (selected(data.X_test).argmax(1) == data.y_test).tolist()
+    again = train(net(), data, epochs=30, lr=5e-2, optimizer="adam", patience=2, progress=False, checkpoint_dir=tmp_path)
+    assert again.eval_epochs == result.eval_epochs and again.stopped_early   # a finished early stop stays stopped
+
+
+def test_patience_without_validation_is_refused(small):
+    with pytest.raises(ValueError, match="patience needs a validation split"):
+        train(net(), small, epochs=2, lr=1e-2, patience=3, progress=False)
+    with pytest.raises(ValueError, match="patience must be None or a positive int"):
+        train(net(), with_validation(small), epochs=2, lr=1e-2, patience=0, progress=False)
+
+
+def test_hold_out_is_stratified_and_disjoint():
+    from npk.data import load
+    data = load("digits")
+    split = data.hold_out(0.1, seed=3)
+    assert len(split.y_val) == round(0.1 * len(data.y_train)) and len(split.y_train) + len(split.y_val) == len(data.y_train)
+    counts = torch.bincount(split.y_val, minlength=10)
+    assert counts.min() >= 13 and counts.max() <= 16          # 144 of 1,437 in 10 near-equal classes
+    rows = {tuple(x.flatten().tolist()) for x in split.X_train}
+    assert not any(tuple(x.flatten().tolist()) in rows for x in split.X_val[:20])
+    assert split.checksum() != data.checksum() and split.flat().X_val.shape == (len(split.y_val), 64)
+    with pytest.raises(ValueError, match="validation fraction must be a number in"):
+        data.hold_out(1.5)

@@ -1,0 +1,189 @@
+"""README tables rebuilt from committed results: `npk tables` reads results/<data>/<config>/seed-*/results.json
+and writes each table between its markers in the README, so the README cannot drift from the files.
+
+A table of a training experiment (dnn-dgn-dlgn, regimes) has one column per network with the mean +- sample
+standard deviation over seeds of the test accuracy at the selected epoch (chosen on validation), and the
+ratio of two networks' accuracies with a 95% interval from a paired bootstrap over seeds and test images:
+
+    replicate b:  seeds S* drawn with replacement from the seeds run, test images I* drawn with replacement
+                  from the test set (the same I* for every network and seed: the nets saw the same images)
+                  ratio_b = mean_{s in S*} acc_A(s, I*) / mean_{s in S*} acc_B(s, I*)
+
+and the interval is the 2.5 and 97.5 percentiles of ratio_b (B = 4,000 replicates, seeded). It covers test
+sampling and seed-to-seed variation; with three seeds the seed part is coarse, which the table states.
+
+Markers in the README:  <!-- npk-table: cifar10/dnn-dgn-dlgn -->  ...  <!-- /npk-table -->
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .train import unpack_hits
+
+N_BOOTSTRAP = 4000
+MARKER = re.compile(r"(<!-- npk-table: (?P<name>[\w./-]+) -->\n)(?P<body>.*?)(<!-- /npk-table -->)", re.S)
+PAPER_2020_GCONV = {"FRNPF-II": 67.09, "FRNPF-DI": 67.08, "DLNPF": 77.12, "FLNPF": 79.68, "ReLU": 80.32}
+
+
+def load_seeds(folder: Path) -> list[dict]:
+    """The results.json of every finished seed-K run under `folder`, in seed order."""
+    runs = []
+    for path in sorted(folder.glob("seed-*/results.json"), key=lambda p: int(p.parent.name.split("-")[1])):
+        results = json.loads(path.read_text())
+        if results.get("finished"):
+            runs.append(results)
+    return runs
+
+
+def hits_matrix(per_seed: Sequence[Mapping]) -> np.ndarray:
+    """(seeds, test images) bool matrix of one network's per-image hits at each seed's selected epoch."""
+    n_test = per_seed[0]["n_test"]
+    return np.stack([unpack_hits(run["test_hits"], n_test) for run in per_seed])
+
+
+def bootstrap_ratio(hits_a: np.ndarray, hits_b: np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """95% paired-bootstrap interval of mean_s acc_a(s) / mean_s acc_b(s) (module docstring)."""
+    rng = np.random.default_rng(seed)
+    n_seeds, n_test = hits_a.shape
+    ratios = np.empty(n_boot)
+    for b in range(n_boot):
+        seeds = rng.integers(0, n_seeds, n_seeds)
+        weights = np.bincount(rng.integers(0, n_test, n_test), minlength=n_test)
+        ratios[b] = (hits_a[seeds] @ weights).sum() / (hits_b[seeds] @ weights).sum()
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def network_runs(runs: Sequence[Mapping], family: str, net: str, key: str) -> list[dict]:
+    """Each seed's record of one network (dnn-dgn-dlgn: key "accuracy"; regimes: key "regimes"),
+    with n_test filled in from the run's config."""
+    out = []
+    for results in runs:
+        for record in results[key][family][net]["runs"]:
+            out.append({**record, "n_test": n_test_of(results)})
+    return out
+
+
+def n_test_of(results: Mapping) -> int:
+    """The test-set size of a run: the data set's full test set when n_test is null."""
+    n = results["config"].get("n_test")
+    return n if n is not None else {"cifar10": 10_000, "fashion-mnist": 10_000, "mnist": 10_000}[results["config"]["dataset"]]
+
+
+def mean_pm(values: Sequence[float]) -> str:
+    a = 100 * np.asarray(values)
+    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
+
+
+def convergence(records: Sequence[Mapping], max_epochs: int) -> str:
+    """'selected epochs a/b/c of at most E (stopped by patience: k of n)'."""
+    stopped = sum(r["stopped_early"] for r in records)
+    epochs = "/".join(str(r["selected_epoch"]) for r in records)
+    return f"{epochs} (run {'/'.join(str(r['epochs_run']) for r in records)}; {stopped} of {len(records)} stopped by patience)"
+
+
+def comparison_table(runs: Sequence[Mapping], key: str, nets: Sequence[str], reference: str,
+                     label: Callable[[str], str]) -> tuple[list[str], dict]:
+    """Markdown lines of one training experiment's table and the numbers behind it."""
+    family = runs[0]["config"]["families"][0]
+    max_epochs = runs[0]["config"]["epochs"]
+    records = {net: network_runs(runs, family, net, key) for net in nets}
+    hits = {net: hits_matrix(records[net]) for net in nets}
+    numbers = {"seeds": [r["config"]["seed"] for r in runs], "max_epochs": max_epochs, "nets": {}}
+    header = ["", *[label(n) for n in nets]]
+    rows = [["test accuracy at the validation-selected epoch (%)",
+             *[mean_pm([r["selected_test_acc"] for r in records[n]]) for n in nets]],
+            [f"ratio to {label(reference)} (95% interval)", *[
+                "1" if n == reference else ratio_cell(hits[n], hits[reference]) for n in nets]],
+            ["best test accuracy over epochs (%, test-selected: for reference only)",
+             *[mean_pm([r["best_test_acc"] for r in records[n]]) for n in nets]],
+            [f"selected epochs per seed (at most {max_epochs})", *[convergence(records[n], max_epochs) for n in nets]],
+            ["training time per seed (s)", *["/".join(f"{r['wall_time_s']:.0f}" for r in records[n]) for n in nets]]]
+    for n in nets:
+        accs = [r["selected_test_acc"] for r in records[n]]
+        numbers["nets"][n] = {"selected_test_acc": accs, "best_test_acc": [r["best_test_acc"] for r in records[n]],
+                              "selected_epoch": [r["selected_epoch"] for r in records[n]],
+                              "epochs_run": [r["epochs_run"] for r in records[n]],
+                              "wall_time_s": [r["wall_time_s"] for r in records[n]]}
+        if n != reference:
+            mean = float(np.mean(accs) / np.mean([r["selected_test_acc"] for r in records[reference]]))
+            numbers["nets"][n]["ratio"] = {"to": reference, "value": mean,
+                                           "interval_95": bootstrap_ratio(hits[n], hits[reference])}
+    return markdown(header, rows), numbers
+
+
+def ratio_cell(hits_a: np.ndarray, hits_b: np.ndarray) -> str:
+    low, high = bootstrap_ratio(hits_a, hits_b)
+    return f"{hits_a.mean() / hits_b.mean():.3f} [{low:.3f}, {high:.3f}]"
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def provenance(folder: Path, runs: Sequence[Mapping]) -> str:
+    cfg = runs[0]["config"]
+    n_train = cfg["n_train"]
+    n_val = int(round(cfg["val_fraction"] * n_train))
+    return (f"Source: `{folder.as_posix()}/seed-*/results.json` ({len(runs)} seed{'s' * (len(runs) > 1)}: "
+            f"{', '.join(str(r['config']['seed']) for r in runs)}); {cfg['dataset']}, {n_train - n_val:,} training "
+            f"and {n_val:,} validation images, {n_test_of(runs[0]):,} test images; Adam {cfg['lr']}, batch "
+            f"{cfg['batch_size']}, bias {str(cfg['bias']).lower()}, patience {cfg['patience']}. Intervals: paired "
+            f"bootstrap over seeds and test images ({N_BOOTSTRAP:,} replicates; `npk.tables`).")
+
+
+def dnn_dgn_dlgn_table(folder: Path, runs: Sequence[Mapping]) -> tuple[list[str], dict]:
+    kinds = runs[0]["config"]["kinds"]
+    lines, numbers = comparison_table(runs, "accuracy", kinds, "dnn", str.upper)
+    return lines + ["", provenance(folder, runs)], numbers
+
+
+def regimes_table(folder: Path, runs: Sequence[Mapping]) -> tuple[list[str], dict]:
+    order = [n for n in PAPER_2020_GCONV if n in runs[0]["config"]["regimes"]]
+    lines, numbers = comparison_table(runs, "regimes", order, "ReLU", str)
+    paper = [f"{PAPER_2020_GCONV[n] / PAPER_2020_GCONV['ReLU']:.3f}" if n != "ReLU" else "1" for n in order]
+    lines.append("| 2020 table, ratio to ReLU (GCONV, full CIFAR-10, 200 epochs, best test over epochs) | "
+                 + " | ".join(paper) + " |")
+    return lines + ["", provenance(folder, runs)], numbers
+
+
+BUILDERS = {"dnn-dgn-dlgn": dnn_dgn_dlgn_table, "regimes": regimes_table}
+
+
+def build(results_root: Path, name: str) -> tuple[list[str], dict]:
+    """The markdown lines and numbers of table `name` ("<data>/<config>") from results_root/<name>/seed-*
+    (one line saying so when no seed has finished yet)."""
+    folder = results_root / name
+    runs = load_seeds(folder)
+    if not runs:
+        return [f"No finished seed under `{(Path(results_root.name) / name).as_posix()}` yet: the runs are in progress "
+                f"(`analysis/cifar10_seeds.sh`); this table fills in as seeds finish."], {}
+    builder = BUILDERS.get(runs[0]["experiment"])
+    if builder is None:
+        raise ValueError(f"no README table for experiment {runs[0]['experiment']!r} ({folder}); "
+                         f"tables exist for {', '.join(BUILDERS)}")
+    return builder(Path(results_root.name) / name, runs)   # named as in the repository: results/<name>
+
+
+def rebuild_readme(readme: Path, results_root: Path, check: bool = False) -> list[str]:
+    """Rewrite every marked table of `readme` from results_root; with check, write nothing and return
+    the names of the tables that differ (empty: the README matches the committed results)."""
+    text = readme.read_text()
+    stale = []
+
+    def replace(match: re.Match) -> str:
+        lines, _ = build(results_root, match["name"])
+        body = "\n".join(lines) + "\n"
+        if body != match["body"]:
+            stale.append(match["name"])
+        return match[1] + body + match[4]
+    new = MARKER.sub(replace, text)
+    if not check and new != text:
+        readme.write_text(new)
+    return stale

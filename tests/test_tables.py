@@ -1,0 +1,81 @@
+"""npk tables: README tables rebuilt from committed results, with paired-bootstrap intervals."""
+import json
+
+import numpy as np
+import pytest
+
+from npk import cli
+from npk.tables import bootstrap_ratio, build, rebuild_readme
+from npk.train import pack_hits
+
+
+def test_bootstrap_of_identical_networks_is_exactly_one():
+    hits = np.random.default_rng(0).random((3, 500)) < 0.6
+    assert bootstrap_ratio(hits, hits, n_boot=200) == (1.0, 1.0)
+
+
+def test_bootstrap_interval_matches_the_delta_method():
+    """One seed, independent hits with p = 0.6 and 0.5 on n = 10,000 images: the ratio's standard error is
+    r sqrt((1 - pa) / (n pa) + (1 - pb) / (n pb)) = 0.0155, so the 95% interval is about +-0.0304."""
+    rng = np.random.default_rng(1)
+    a, b = rng.random((1, 10_000)) < 0.6, rng.random((1, 10_000)) < 0.5
+    low, high = bootstrap_ratio(a, b, n_boot=2000)
+    r = a.mean() / b.mean()
+    se = r * np.sqrt(0.4 / (1e4 * 0.6) + 0.5 / (1e4 * 0.5))
+    assert low < r < high
+    assert (high - low) / 2 == pytest.approx(1.96 * se, rel=0.12)
+
+
+def fake_run(folder, seed, accs, n_test=400, finished=True):
+    """A results.json of a dnn-dgn-dlgn seed whose nets hit the first acc * n_test test images."""
+    rng = np.random.default_rng(seed)
+    record = {}
+    for kind, acc in accs.items():
+        hits = np.zeros(n_test, bool)
+        hits[rng.permutation(n_test)[:int(acc * n_test)]] = True
+        record[kind] = {"runs": [{"selected_epoch": 7, "epochs_run": 13, "stopped_early": True,
+                                  "selected_test_acc": hits.mean(), "best_test_acc": hits.mean() + 0.01,
+                                  "test_hits": pack_hits(hits), "wall_time_s": 12.0}]}
+    cfg = {"dataset": "cifar10", "n_train": 1000, "n_test": n_test, "val_fraction": 0.1, "families": ["conv"],
+           "kinds": list(accs), "epochs": 40, "lr": 3e-4, "batch_size": 32, "bias": True, "patience": 6, "seed": seed}
+    path = folder / f"seed-{seed}" / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"experiment": "dnn-dgn-dlgn", "finished": finished, "config": cfg,
+                                "accuracy": {"conv": record}}))
+
+
+def test_tables_come_from_the_results_and_check_catches_drift(tmp_path, capsys):
+    results = tmp_path / "results"
+    for seed, dlgn in enumerate([0.50, 0.55, 0.45]):
+        fake_run(results / "cifar10" / "dnn-dgn-dlgn", seed, {"dnn": 0.6, "dgn": 0.55, "dlgn": dlgn})
+    fake_run(results / "cifar10" / "dnn-dgn-dlgn", 3, {"dnn": 0.1, "dgn": 0.1, "dlgn": 0.1}, finished=False)
+    lines, numbers = build(results, "cifar10/dnn-dgn-dlgn")
+    assert numbers["seeds"] == [0, 1, 2]                       # the unfinished seed is left out
+    ratio = numbers["nets"]["dlgn"]["ratio"]
+    assert ratio["value"] == pytest.approx(0.5 / 0.6)
+    assert ratio["interval_95"][0] < ratio["value"] < ratio["interval_95"][1]
+    assert "| test accuracy at the validation-selected epoch (%) | 60.00 ± 0.00 | 55.00 ± 0.00 | 50.00 ± 5.00 |" in lines
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- npk-table: cifar10/dnn-dgn-dlgn -->\nstale\n<!-- /npk-table -->\nend\n")
+    args = ["tables", "--readme", str(readme), "--results", str(results)]
+    assert cli.main(args + ["--check"]) == 1
+    assert cli.main(args) == 0
+    assert readme.read_text().startswith("intro\n<!-- npk-table: cifar10/dnn-dgn-dlgn -->\n|  | DNN | DGN | DLGN |")
+    assert rebuild_readme(readme, results, check=True) == []
+    assert cli.main(args + ["--check"]) == 0
+
+
+def test_a_table_without_finished_seeds_says_so(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- npk-table: cifar10/regimes -->\n<!-- /npk-table -->\n")
+    assert cli.main(["tables", "--readme", str(readme), "--results", str(tmp_path)]) == 0
+    assert "No finished seed under" in readme.read_text()
+
+
+def test_the_readme_tables_match_the_committed_results():
+    """The README's marked tables are what `npk tables` builds from results/ (run it after committing a seed)."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    assert "<!-- npk-table: cifar10/dnn-dgn-dlgn -->" in (root / "README.md").read_text()
+    assert rebuild_readme(root / "README.md", root / "results", check=True) == []
