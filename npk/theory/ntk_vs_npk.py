@@ -230,6 +230,10 @@ class _Family:
         variance = ((self.squares - self.n * mean**2) / (self.n - 1)).clamp(min=0)
         return mean, (variance / self.n).sqrt()
 
+    def resolved(self, z_family: float, resolution: float) -> bool:
+        """z_family stderr <= resolution for the scale and the shape statistics."""
+        return bool((z_family * self.mean_stderr()[1][:len(self.directions)] <= resolution).all())
+
     def z(self) -> torch.Tensor:
         """|mean| / stderr per statistic (inf where a mean is nonzero with no spread, 0 where both are 0)."""
         mean, stderr = self.mean_stderr()
@@ -303,7 +307,7 @@ def ntk_vs_npk(model: GatedNet, X: torch.Tensor, widths: Sequence[int] = (16, 64
     zs = family.z()
     statistic = float(zs.max())
     k = len(family.directions)
-    resolved = resolution is None or bool((z_family * stderr[:k] <= resolution).all())
+    resolved = resolution is None or family.resolved(z_family, resolution)
     entries = E[family.rows, family.cols].abs()
     detectable = torch.where(entries > 0, z_family * stderr[k:] / entries.clamp(min=1e-300), math.inf)
     worst = int(zs[k:].argmax())
@@ -349,12 +353,10 @@ def ntk_vs_npk(model: GatedNet, X: torch.Tensor, widths: Sequence[int] = (16, 64
         plotter=_plot)
 
 
-def _settled(family: _Family, z_family: float, resolution: float | None) -> bool:
+def _settled(family: _Family, z_family: float, resolution: float) -> bool:
     """Enough draws: z_family stderr <= resolution for the scale and shape statistics, or some statistic
     beyond 2 z_family (a clear failure: more draws would only push it further out)."""
-    k = len(family.directions)
-    return (resolution is None or bool((z_family * family.mean_stderr()[1][:k] <= resolution).all())
-            or float(family.z().max()) > 2 * z_family)
+    return family.resolved(z_family, resolution) or float(family.z().max()) > 2 * z_family
 
 
 def _check_arguments(model, widths, draws, init, c, z, sweep_draws) -> None:
