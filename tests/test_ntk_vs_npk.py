@@ -1,4 +1,5 @@
 """NTK vs NPK with fixed gates: E[K^v] = d sigma^{2(d-1)} H (npk.theory.ntk_vs_npk)."""
+import importlib
 import itertools
 import math
 
@@ -12,6 +13,8 @@ from npk.models.resnet import ResDGN
 from npk.theory.ntk_vs_npk import (_FixedGateValueNet, _value_ntk, at_width, expected_value_ntk, ntk_vs_npk,
                                    path_length_npks, theorem_weight)
 from npk.theory.structure import subnetwork_npk
+
+ntk_module = importlib.import_module("npk.theory.ntk_vs_npk")
 
 
 def conv_gap(channels, **opts):
@@ -172,18 +175,66 @@ def test_fixed_gate_value_ntk_matches_ntk_gram():
         assert torch.allclose(ours, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
 
 
-def test_at_its_defaults_the_check_passes_the_truth_and_fails_a_constant_5_percent_off_for_seeds_0_to_9():
-    """Power: a claim c E fails iff c lies outside mean +- z stderr (the ratio of c E is r / c), so each seed's
-    interval must hold 1 and exclude 1.05 and 1 / 1.05. The check draws until z stderr <= 0.025."""
+def plant(monkeypatch, error):
+    """Claim E' = error(E) in place of E: every H_n of `path_length_npks` passed through `error` (entrywise
+    scalings, so error(sum_n w_n H_n) = sum_n w_n error(H_n)); the sampled K^v is untouched."""
+    exact = ntk_module.path_length_npks
+    monkeypatch.setattr(ntk_module, "path_length_npks",
+                        lambda *args, **kwargs: {n: error(H) for n, H in exact(*args, **kwargs).items()})
+
+
+def scaled(diagonal=1.0, off_diagonal=1.0, pair=None, factor=1.0):
+    def error(H):
+        eye = torch.eye(len(H), dtype=H.dtype)
+        H = H * (diagonal * eye + off_diagonal * (1 - eye))
+        if pair is not None:
+            H = H.clone()
+            H[pair], H[pair[::-1]] = factor * H[pair], factor * H[pair[::-1]]
+        return H
+    return error
+
+
+def median_pair(H):
+    """The off-diagonal pair (i, j) whose normalised |H(i, j)| / sqrt(H(i, i) H(j, j)) is the median one."""
+    i, j = torch.triu_indices(len(H), len(H), 1)
+    size = H[i, j].abs() / (H[i, i] * H[j, j]).sqrt()
+    k = int(size.argsort()[len(size) // 2])
+    return int(i[k]), int(j[k])
+
+
+def test_at_its_defaults_the_check_passes_the_truth_and_fails_every_planted_shape_error_for_seeds_0_to_9(monkeypatch):
+    """16 x 16 Gram, positive inputs (like pixels): the true kernel passes; a constant 5% error fails on the
+    scale, the diagonal or the off-diagonal x 1.05 on the shape, and one entry pair x 1.2 (the median-sized
+    pair) on its entry, for every seed. Measured z (tolerance 4.27): truth <= 3.4; planted errors >= 8.5."""
+    torch.manual_seed(0)
+    X = torch.rand(16, 5, dtype=torch.float64)
+    model = DGN(5, [64]).double()
+    pair = median_pair(npk_gram(model, X))
+    for seed in range(10):
+        truth = ntk_vs_npk(model, X, widths=(), seed=seed)
+        d = truth.details
+        assert truth.passed and d["resolved"] and truth.statistic <= truth.tolerance, (seed, truth)
+        assert truth.tolerance == pytest.approx(4.2698, abs=1e-3) and d["n_statistics"] == 2 + 16 * 17 // 2
+        low, high = d["ratio_ci"]
+        assert 1 / 1.05 < low <= 1 <= high < 1.05, (seed, d["ratio_ci"])
+    cases = {"constant x 1.05": (scaled(1.05, 1.05), "scale_z"), "diagonal x 1.05": (scaled(diagonal=1.05), "shape_z"),
+             "off-diagonal x 1.05": (scaled(off_diagonal=1.05), "shape_z"),
+             "one entry pair x 1.2": (scaled(pair=pair, factor=1.2), "entry_z_max")}
+    for name, (error, caught_by) in cases.items():
+        with monkeypatch.context() as m:
+            plant(m, error)
+            for seed in range(10):
+                wrong = ntk_vs_npk(model, X, widths=(), seed=seed)
+                d = wrong.details
+                assert not wrong.passed and d[caught_by] > wrong.tolerance, (name, seed, d[caught_by])
+                assert name != "one entry pair x 1.2" or d["entry_worst"] == list(pair), (seed, d["entry_worst"])
+
+
+def test_the_audit_s_off_diagonal_error_now_fails(monkeypatch):
+    """The audit's case, off-diagonal x 1.05 on 6 Gaussian inputs, passed the old projection ratio (z = 2.05);
+    the shape statistic sees it (measured: z = 8.6)."""
     torch.manual_seed(0)
     X = torch.randn(6, 5, dtype=torch.float64)
-    model = DGN(5, [64] * 3).double()
-    for seed in range(10):
-        d = ntk_vs_npk(model, X, widths=(), seed=seed).details
-        low, high = d["ratio_ci"]
-        assert d["ratio_passed"] and d["resolved"] and low <= 1 <= high, (seed, d["ratio_ci"])
-        assert 1 / 1.05 < low and high < 1.05, (seed, d["ratio_ci"])     # measured: within 0.966 .. 1.031
-    # the interval argument, checked on the claims themselves (seed 0)
-    for factor in (1.05, 1 / 1.05):
-        wrong = ntk_vs_npk(model, X, widths=(), seed=0, path_weight=lambda n, s: factor * theorem_weight(n, s))
-        assert not wrong.passed and wrong.statistic > 4, factor        # measured: 5.9 (1.05)
+    plant(monkeypatch, scaled(off_diagonal=1.05))
+    wrong = ntk_vs_npk(DGN(5, [64] * 3).double(), X, widths=(), seed=0)
+    assert not wrong.passed and wrong.details["shape_z"] > wrong.tolerance

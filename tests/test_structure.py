@@ -53,6 +53,7 @@ def test_circular_gap_is_rotation_invariant(spatial_dims, cls, gate, tmp_path):
     model = conv(cls, spatial_dims, gate=gate, bias=True)           # biases keep the invariance
     result = rotation_invariance(model, inputs(model))
     assert result.passed and result.statistic <= 1e-12 and result.tolerance == 1e-12
+    assert result.details["reference_error"] <= 1e-12                # every Gram = its path enumeration
     assert len(result.details["shifts"]) == SIZES[spatial_dims] ** spatial_dims
     fig = result.plot(path=tmp_path / "x.png")
     assert (tmp_path / "x.png").stat().st_size > 1000 and labelled(fig)
@@ -63,6 +64,7 @@ def test_zero_padding_breaks_invariance(spatial_dims, tmp_path):
     model = conv(spatial_dims=spatial_dims, padding="zero")
     result = rotation_invariance(model, inputs(model))
     assert not result.passed and result.statistic > 1e-3 and result.details["padding"] == "zero"
+    assert result.details["reference_error"] <= 1e-12                # the kernel is right; it is not invariant
     shifts, dev = result.details["shifts"], result.details["deviation"]
     assert dev[shifts.index([0] * spatial_dims)] == 0.0
     assert min(d for s, d in zip(shifts, dev) if any(s)) > 1e-3
@@ -76,6 +78,25 @@ def test_flatten_head_fails_one_sided_invariance():
     assert not result.passed and result.details["head"] == "flatten"
     assert max(result.details["deviation_one_side"]) > 1e-2
     assert max(result.details["deviation_both_sides"]) <= 1e-12      # joint rotation still holds
+
+
+def test_a_wrong_but_shift_invariant_conv_rule_fails_on_the_path_enumeration(monkeypatch):
+    """The conv offset sum replaced by the identity, M(i, i') <- M(i, i'): still shift-invariant (gates are
+    equivariant, GAP sums over all pairs), so the invariance deviation stays at rounding; the comparison with
+    the path features of the explicitly shifted inputs fails it."""
+    import npk.kernels.npk as npk_module
+    from npk.kernels import conv_fast
+    model = conv(bias=True)
+    X = inputs(model)
+    monkeypatch.setitem(conv_fast._state, "backend", "off")      # the generic rules, where the bug is planted
+    monkeypatch.setattr(npk_module, "conv_sum", lambda M, axes: M)
+    result = rotation_invariance(model, X)
+    assert max(result.details["deviation"]) <= 1e-12                 # invariance alone: blind to the bug
+    assert not result.passed and result.details["reference_error"] > 0.1
+    assert rotation_invariance(model, X, independent=False).passed    # the invariance-only check passes it
+    big = conv(spatial_dims=2)
+    with pytest.raises(ValueError, match="max_classes"):
+        rotation_invariance(big, inputs(big, 2), shifts=[(0, 1)], independent=True, max_classes=10)
 
 
 def test_given_shifts_and_float32_tolerance(tmp_path):

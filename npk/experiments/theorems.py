@@ -154,7 +154,7 @@ def run_case(run, case: Case) -> dict:
     defaults=dict(dataset="digits", data_root=None, n_train=None, n_test=None, seed=0, n_samples=6,
                   ntk_widths=[64, 256, 1024], ntk_draws=200, ntk_sweep_draws=8,
                   n_images=4, image_channels=[8, 8], image_shifts=None, ensemble_blocks=[1, 2, 3]),
-    quick=dict(n_images=2, ntk_widths=[64, 256], ntk_sweep_draws=4,
+    quick=dict(n_images=2, ntk_widths=[64, 256], ntk_sweep_draws=16,
                image_channels=[2, 2], image_shifts=12, ensemble_blocks=[1, 2]),
 )
 def theorems(cfg: dict, run) -> dict:

@@ -97,12 +97,21 @@ def _require_no_bias(model: GatedNet, what: str) -> None:
 
 # ------------------------------------------------------------------------------------ rotation
 def rotation_invariance(model: GatedNet, X: torch.Tensor, shifts=None, tol: float | None = None,
-                        progress: bool | None = None) -> CheckResult:
-    """Check H(x, rot(x', s)) = H(x, x') and H(rot x, rot x') = H(x, x') for all pairs of X and shifts s.
+                        progress: bool | None = None, independent: bool | None = None,
+                        max_classes: int = DEFAULT_MAX_CLASSES) -> CheckResult:
+    """Check H(x, rot(x', s)) = H(x, x') and H(rot x, rot x') = H(x, x') for all pairs of X and shifts s,
+    and every Gram it compares against an independent computation of the same kernel.
 
     shifts: None for every circular shift (1-D: 0..n-1; 2-D: every (a, b)), or a list of ints / pairs.
-    Statistic: max over shifts and pairs of |H_shifted - H| / max|H|; tolerance 1e-12 in float64
-    (X and the model), else 1e-5. details['deviation'][k] is that maximum for shift details['shifts'][k]
+    Statistic: the larger of (1) the invariance deviation, max over shifts and pairs of
+    |H_shifted - H| / max|H|, and (2) the reference error, max over the Grams H(X, X), H(X, rot X) and
+    H(rot X, rot X) of |npk_gram - Phi Phi^T| / max|H|, Phi the path features of X and of the explicitly
+    shifted inputs by `npk.kernels.reference` (path enumeration, no pair rule shared). Tolerance 1e-12 in
+    float64 (X and the model), else 1e-5. (1) alone cannot fail a wrong rule that is itself shift-invariant
+    (a conv rule that drops the offset sum, say); (2) catches any error of npk_gram on these inputs.
+    independent=None (default) enumerates when the net has at most `max_classes` partial path classes and
+    skips it otherwise (details['reference_error'] is then None: invariance only); True requires it
+    (ValueError if too large); False skips it. details['deviation'][k] is (1) for shift details['shifts'][k]
     (both sides and one side also separately); the figure plots it against the shift (2-D: a heatmap).
 
     The theorem needs circular padding and a global-average-pooling head. Other models are checked
@@ -118,22 +127,51 @@ def rotation_invariance(model: GatedNet, X: torch.Tensor, shifts=None, tol: floa
     tol = (1e-12 if _is_double(model, X) else 1e-5) if tol is None else float(tol)
     H = npk_gram(model, X, X, progress=False)      # Y passed explicitly: the shift-0 Grams below are the same computation
     scale = _scale(H)
+    phi = _shifted_path_features(model, X, shifts, max_classes) if _enumerable(model, independent, max_classes) else None
+    reference = None if phi is None else _relative(H, phi[0] @ phi[0].T, scale)
     one_side, both_sides = [], []
-    for s in tqdm(shifts, desc="rotations", unit="shift", disable=None if progress is None else not progress):
+    for k, s in enumerate(tqdm(shifts, desc="rotations", unit="shift",
+                               disable=None if progress is None else not progress)):
         Xs = rotate(X, s)
-        one_side.append(_relative(npk_gram(model, X, Xs, progress=False), H, scale))
-        both_sides.append(_relative(npk_gram(model, Xs, Xs, progress=False), H, scale))
+        H_one, H_both = npk_gram(model, X, Xs, progress=False), npk_gram(model, Xs, Xs, progress=False)
+        one_side.append(_relative(H_one, H, scale))
+        both_sides.append(_relative(H_both, H, scale))
+        if phi is not None:
+            p = phi[k + 1]
+            reference = max(reference, _relative(H_one, phi[0] @ p.T, scale), _relative(H_both, p @ p.T, scale))
     deviation = [max(a, b) for a, b in zip(one_side, both_sides)]
-    statistic = max(deviation)
+    statistic = max(max(deviation), reference or 0.0)
     return CheckResult(
         name="rotation_invariance",
         claim="H(x, rot(x', s)) = H(x, x') = H(rot x, rot x') for every circular shift s "
-              "(circular convolutions, global average pooling)",
+              "(circular convolutions, global average pooling)"
+              + ("; every Gram = its path enumeration on the shifted inputs" if reference is not None else ""),
         statistic=statistic, tolerance=tol, passed=statistic <= tol,
         details={"shifts": [list(s) for s in shifts], "deviation": deviation, "deviation_one_side": one_side,
-                 "deviation_both_sides": both_sides, "spatial_shape": list(spatial), "head": _head(model.ops),
+                 "deviation_both_sides": both_sides, "reference_error": reference,
+                 "spatial_shape": list(spatial), "head": _head(model.ops),
                  "padding": _padding(model.ops), "n_samples": len(X), **_invariance_breakers(model.ops)},
         plotter=_plot_rotation)
+
+
+def _enumerable(model: GatedNet, independent: bool | None, max_classes: int) -> bool:
+    """Whether to compare with path enumeration: None enumerates when the net is small enough, True
+    requires it (ValueError from `check_size` if too large), False skips it."""
+    if independent is None:
+        try:
+            check_size(model, max_classes)
+        except ValueError:
+            return False
+        return True
+    if independent:
+        check_size(model, max_classes)
+    return bool(independent)
+
+
+def _shifted_path_features(model: GatedNet, X: torch.Tensor, shifts, max_classes: int) -> list[torch.Tensor]:
+    """[Phi(X), Phi(rot(X, s)) for s in shifts] by path enumeration (`npk.kernels.reference`), in X's dtype."""
+    phi, _ = path_features(model, torch.cat([X, *(rotate(X, s) for s in shifts)]), max_classes=max_classes)
+    return list(phi.split(len(X)))
 
 
 def _invariance_breakers(ops) -> dict:
@@ -401,14 +439,8 @@ def ensemble_decomposition(model: GatedNet, X: torch.Tensor, tol: float | None =
         for J in itertools.combinations(range(len(blocks)), k):
             by_depth[k] += subnetwork_npk(model, X, X, J, gates)
     error = _relative(by_depth.sum(0), H, scale)
-    if independent is None:
-        try:
-            check_size(model, max_classes)
-            independent = True
-        except ValueError:
-            independent = False
     reference = None
-    if independent:
+    if _enumerable(model, independent, max_classes):
         reference = max(_relative(subnetwork_npk(model, X, X, J, gates),
                                   reference_subnetwork_npk(model, X, J, max_classes).to(H.dtype), scale)
                         for k in range(len(blocks) + 1) for J in itertools.combinations(range(len(blocks)), k))
