@@ -148,8 +148,8 @@ def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[
     gx, gy = (g if isinstance(g, LayerGates) else LayerGates(g, X.dtype) for g in (gx, gy))
     ctx = GatePair(gx, gy, model_selections(model, X), model_selections(model, Y), graph.channel_plan(model.ops))
     fused = conv_fast.input_run(model, X, Y, ctx)
-    M, start = fused if fused else (input_kernel(model, X, Y), 0)
-    H = propagate(model.ops[start:], Pair(M, "sum", X.shape[1]), ctx).summed()
+    state, start = fused_state(*fused) if fused else (Pair(input_kernel(model, X, Y), "sum", X.shape[1]), 0)
+    H = propagate(model.ops[start:], state, ctx).summed()
     if not torch.isfinite(H).all():
         raise OverflowError(f"the NPK overflowed {H.dtype}: it sums every path, about prod over layers of "
                             f"(kernel taps x channels / 2), beyond the dtype's range for deep wide nets; "
@@ -227,13 +227,13 @@ def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair
     while i < len(ops):
         fused = conv_fast.fused_run(ops, i, state.summed(), ctx) if conv_fast.starts_run(ops, i, ctx) else None
         if fused:
-            state, i = Pair(fused[0], "sum", 1), fused[1]
+            state, i = fused_state(*fused)
             continue
         op, i = ops[i], i + 1
         if isinstance(op, graph.MaxPool) and i > 1 and isinstance(ops[i - 2], graph.Gate):
             continue                                # read with its gate (`graph.validate`: always after one)
         if isinstance(op, graph.Gate) and i < len(ops) and isinstance(ops[i], graph.MaxPool):
-            state = gated_select_rule(op, ops[i], state, ctx)
+            state = gated_select_rule(op, ops[i], state, ctx, summed=sums_channels(ops, i + 1))
         elif isinstance(op, graph.Gate):
             state = gate_rule(op, state, ctx)
         elif isinstance(op, graph.Residual):
@@ -246,6 +246,16 @@ def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair
         else:
             state = Pair(pair_rule(op, state.M, ctx), state.kind, state.C)
     return state
+
+
+def fused_state(M: torch.Tensor, next_op: int, channels: int) -> tuple[Pair, int]:
+    """The state after a fused conv run (`conv_fast.fused_run`) and where the op list goes on."""
+    return (Pair(M, "each", channels) if channels else Pair(M, "sum", 1)), next_op
+
+
+def sums_channels(ops: Sequence[graph.Op], i: int) -> bool:
+    """Whether ops[i] reads only the channel sum of the stream (a weight layer, Flatten, the Readout)."""
+    return i < len(ops) and isinstance(ops[i], (graph.Linear, graph.Flatten, graph.Readout))
 
 
 def _add(a: Pair, b: Pair) -> Pair:
@@ -275,11 +285,19 @@ def gate_rule(op: graph.Gate, state: Pair, ctx: GatePair) -> Pair:
     return _gated(state, ctx.gx[op.layer], ctx.gy[op.layer], id(op) in ctx.keep)
 
 
-def gated_select_rule(gate: graph.Gate, pool: graph.MaxPool, state: Pair, ctx: GatePair) -> Pair:
+def gated_select_rule(gate: graph.Gate, pool: graph.MaxPool, state: Pair, ctx: GatePair, summed: bool = False) -> Pair:
     """A gate then a max pool, in the cheaper order: select first, then gate at the selected positions,
-    M_c(o, o') <- G(sel_x(o, c), c) G'(sel_x'(o', c), c) M_c(sel_x(o, c), sel_x'(o', c))."""
+    M_c(o, o') <- G(sel_x(o, c), c) G'(sel_x'(o', c), c) M_c(sel_x(o, c), sel_x'(o', c)).
+
+    With `summed` (the next op sums the channels) and one kernel M shared by all channels (after a
+    weight layer), the sum is taken at once at the pooled resolution (`conv_fast.select_sum`):
+    M(o, o') <- sum_c G(sel_x(o, c), c) G'(sel_x'(o', c), c) M(sel_x(o, c), sel_x'(o', c))."""
     sx, sy = ctx.sx[pool.index], ctx.sy[pool.index]
     gx, gy = graph.select(ctx.gx[gate.layer], sx), graph.select(ctx.gy[gate.layer], sy)
+    if summed and state.kind == "each":
+        M = conv_fast.select_sum(state.M, sx, sy, gx, gy)
+        if M is not None:
+            return Pair(M, "sum", 1)
     return _gated(select_rule(pool, state, ctx), gx, gy, keep=True)
 
 
