@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from dataclasses import dataclass
 from functools import singledispatch
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Sequence
 import torch
 
 from .. import graph
-from . import conv_fast
+from . import conv_fast, cost
 from ..models.base import GatedNet, check_input
 from ..models.gates import check_kind
 from .compact import (LayerGates, compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates,
@@ -89,24 +90,27 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
         raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
     kernel = NPKTiles(model, gates or model.gate_kind, X.dtype, memory_budget)
     block = block_size(model, X.element_size(), memory_budget)
+    pairs = len(X) * (len(X) + 1) // 2 if symmetric else len(X) * len(Y)
+    warn_if_slow(kernel.estimate, pairs)
     n_gated = len(X) + (0 if symmetric else len(Y))
     parts = {"Gram": 0 if out is not None else len(X) * len(Y) * X.element_size(),
              "one tile": kernel.work_bytes(block, block)}
-    resident = {"gates": kernel.gate_bytes(n_gated)}
+    resident = {"gates": kernel.gate_bytes(n_gated), "max-pool selections": kernel.selection_bytes(n_gated)}
     room = (max_memory if max_memory is not None else available_memory()) - sum(parts.values())
-    if resident["gates"] > room // 2:            # the gates of all inputs do not fit: computed per tile
+    if sum(resident.values()) > room // 2:       # the gates of all inputs do not fit: computed per tile
         resident, kernel.precomputed = {}, False
     preflight("npk_gram", {**parts, **resident}, max_memory)     # before the gates are computed
     if kernel.precomputed:
-        X = (X, kernel.all_gates(X))
-        Y = None if symmetric else (Y, kernel.all_gates(Y))
+        X = (X, kernel.all_gates(X), *kernel.all_selections(X))
+        Y = None if symmetric else (Y, kernel.all_gates(Y), *kernel.all_selections(Y))
     return blocked_gram(kernel, X, None if symmetric else Y, block=block, out=out, checkpoint_dir=checkpoint_dir,
                         scheduler=scheduler, progress=progress, max_memory=max_memory, resident=resident,
                         entry="npk_gram")
 
 
 class NPKTiles(TileKernel):
-    """The NPK as a tile kernel: inputs are X slices, or (X slice, compact gates) when `precomputed`."""
+    """The NPK as a tile kernel: inputs are X slices, or (X slice, compact gates, *max-pool selections as
+    int32) when `precomputed`."""
 
     name = "NPK"
 
@@ -115,6 +119,9 @@ class NPKTiles(TileKernel):
         self.key = {"kernel": "npk", "gates": self.kind, "dtype": str(dtype)}
         self.shapes, self.budget, self.precomputed = gate_shapes(model), memory_budget, True
         self.model_itemsize = next(model.parameters()).element_size()
+        self.pair_bytes = pair_bytes(model, dtype_size(dtype))
+        self.estimate = cost.estimate(model, dtype_size(dtype))
+        self.note = f"est. {self.estimate.ms_per_pair:.3g} ms/pair"
 
     def gate_bytes(self, n: int) -> int:
         return gate_bytes(self.shapes, n, self.kind, self.model_itemsize)
@@ -124,29 +131,57 @@ class NPKTiles(TileKernel):
         per_sample = max(1, gates_per_sample(self.shapes) * self.model_itemsize)
         return compute_gates(self.model, X, self.kind, rows=max(1, self.budget // per_sample))
 
+    def selection_bytes(self, n: int) -> int:
+        """Bytes of the max-pool selections of n samples (int32; at most one per gate)."""
+        return 4 * n * sum(math.prod(s) for s in self.shapes) if self.model.n_pools else 0
+
+    def all_selections(self, X: torch.Tensor) -> list[torch.Tensor]:
+        """The max-pool selections of all of X as int32, computed in chunks like `all_gates`."""
+        rows = max(1, self.budget // max(1, gates_per_sample(self.shapes) * self.model_itemsize))
+        chunks = [model_selections(self.model, X[r:r + rows]) for r in range(0, len(X), rows)]
+        return [torch.cat(pool).to(torch.int32) for pool in zip(*chunks)]
+
     def prepare(self, xs):
-        X, gates = xs if self.precomputed else (xs, model_gates(self.model, xs, self.kind))
-        return X, LayerGates(gates, self.dtype)
+        if self.precomputed:
+            X, gates, *selections = xs
+            selections = [s.long() for s in selections]
+        else:
+            X, gates, selections = xs, model_gates(self.model, xs, self.kind), model_selections(self.model, xs)
+        return X, LayerGates(gates, self.dtype), selections
 
     def tile(self, fx, fy) -> torch.Tensor:
-        return pair_kernel(self.model, fx[0], fy[0], fx[1], fy[1])
+        return pair_kernel(self.model, fx[0], fy[0], fx[1], fy[1], fx[2], fy[2])
 
     def work_bytes(self, n: int, m: int) -> int:
-        """The pair kernels (the budget) and both sides' float gates."""
-        return self.budget + (n + m) * gates_per_sample(self.shapes) * max(self.model_itemsize, dtype_size(self.dtype))
+        """The pair kernels (the budget, or more where one pair's per-channel kernels need more) and both
+        sides' float gates."""
+        kernels = max(self.budget, n * m * self.pair_bytes)
+        return kernels + (n + m) * gates_per_sample(self.shapes) * max(self.model_itemsize, dtype_size(self.dtype))
+
+
+def warn_if_slow(est: cost.Estimate, pairs: int) -> None:
+    """Print one line (stderr) when the Gram would take more than `cost.WARN_SECONDS`: the estimate and
+    where its cost comes from."""
+    threads = torch.get_num_threads()
+    if est.seconds(pairs, threads) > cost.WARN_SECONDS:
+        print(cost.summary(est, pairs, threads), file=sys.stderr, flush=True)
 
 
 def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[torch.Tensor],
-                gy: Sequence[torch.Tensor]) -> torch.Tensor:
+                gy: Sequence[torch.Tensor], sx: Sequence[torch.Tensor] | None = None,
+                sy: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """NPK of one tile: propagate the input pair kernel through the model's op list.
 
     gx, gy: the gates of X and Y, one float tensor per gated layer, or compact (`npk.kernels.compact`:
     PackedGates / DenseGates, or LayerGates), read as X's dtype, each layer unpacked only when a rule
-    reads it as floats (the fused conv kernel reads the packed bits). A first run of gated convs that the fused
-    conv kernel takes (`npk.kernels.conv_fast`) forms the input pair kernel itself.
+    reads it as floats (the fused conv kernel reads the packed bits). sx, sy: the max-pool selections
+    of X and Y (None: computed here). A first run of gated convs that the fused conv kernel takes
+    (`npk.kernels.conv_fast`) forms the input pair kernel itself.
     """
     gx, gy = (g if isinstance(g, LayerGates) else LayerGates(g, X.dtype) for g in (gx, gy))
-    ctx = GatePair(gx, gy, model_selections(model, X), model_selections(model, Y), graph.channel_plan(model.ops))
+    sx = model_selections(model, X) if sx is None else sx
+    sy = model_selections(model, Y) if sy is None else sy
+    ctx = GatePair(gx, gy, sx, sy, graph.channel_plan(model.ops))
     fused = conv_fast.input_run(model, X, Y, ctx)
     state, start = fused_state(*fused) if fused else (Pair(input_kernel(model, X, Y), "sum", X.shape[1]), 0)
     H = propagate(model.ops[start:], state, ctx).summed()
@@ -254,7 +289,10 @@ def fused_state(M: torch.Tensor, next_op: int, channels: int) -> tuple[Pair, int
 
 
 def sums_channels(ops: Sequence[graph.Op], i: int) -> bool:
-    """Whether ops[i] reads only the channel sum of the stream (a weight layer, Flatten, the Readout)."""
+    """Whether the stream at ops[i] is read only through its channel sum: by a weight layer, Flatten or the
+    Readout, after average pools (linear in each channel, they commute with the sum)."""
+    while i < len(ops) and isinstance(ops[i], (graph.AvgPool, graph.GlobalAvgPool)):
+        i += 1
     return i < len(ops) and isinstance(ops[i], (graph.Linear, graph.Flatten, graph.Readout))
 
 
@@ -447,19 +485,46 @@ def _runs(n: int, o: int, circular: bool) -> list[tuple[int, int, int]]:
 
 # ---------------------------------------------------------------------------------- blocking
 def block_size(model: GatedNet, itemsize: int, memory_budget: int) -> int:
-    """Samples per block side so that about 4 pair-kernel-sized tensors fit in `memory_budget` bytes.
+    """Samples per block side so that a tile's pair kernels fit in `memory_budget` bytes (`pair_bytes`)."""
+    return max(1, int(math.sqrt(memory_budget / pair_bytes(model, itemsize))))
 
-    A pair kernel that keeps its channels (`npk.graph.channel_plan`) counts C times.
-    """
-    positions = max([1] + [c * math.prod(s) ** 2 for c, s in _stream_spatial_shapes(model)])
-    per_pair = 4 * itemsize * positions
-    return max(1, int(math.sqrt(memory_budget / per_pair)))
+
+def pair_bytes(model: GatedNet, itemsize: int) -> int:
+    """Peak bytes of one pair's kernels: about 4 tensors of the largest shared pair kernel (P^2 entries),
+    or 2 of the largest per-channel stretch (C P^2: a gate that keeps its channels, `npk.graph.channel_plan`,
+    unless a max pool collapses them, `collapsed_gates`), whichever is larger."""
+    shared, per_channel = 1, 0
+    for c, s in _stream_spatial_shapes(model):
+        shared, per_channel = (max(shared, math.prod(s) ** 2), per_channel) if c == 1 else \
+            (shared, max(per_channel, c * math.prod(s) ** 2))
+    return itemsize * max(4 * shared, 2 * per_channel)
+
+
+def collapsed_gates(ops: Sequence[graph.Op]) -> set[int]:
+    """Layers of the gates whose channels `gated_select_rule` sums at once with their max pool's selection
+    (a max pool whose stream is read through its channel sum, on a CPU with the extension built)."""
+    if conv_fast.extension() is None:
+        return set()
+    found = set()
+
+    def visit(seq):
+        for i, op in enumerate(seq):
+            if isinstance(op, graph.Gate) and i + 1 < len(seq) and isinstance(seq[i + 1], graph.MaxPool) \
+                    and sums_channels(seq, i + 2):
+                found.add(op.layer)
+            if isinstance(op, graph.Residual):
+                visit(op.block)
+                visit(op.skip)
+
+    visit(ops)
+    return found
 
 
 def _stream_spatial_shapes(model: GatedNet):
     """(channel factor, spatial shape) of the input and of every gate's stream."""
     keep = graph.channel_plan(model.ops)
     kept = {op.layer for op in graph.walk(model.ops) if isinstance(op, graph.Gate) and id(op) in keep}
+    kept -= collapsed_gates(model.ops)
     with torch.no_grad():
         probe = torch.zeros((1, *model.input_shape), dtype=next(model.parameters()).dtype,
                             device=next(model.parameters()).device)
