@@ -15,6 +15,8 @@
 // Within a layer the offset sum is separable: along the columns, T(r, r') = sum_ox of slab (r, r')
 // shifted by (ox, ox); along the rows, sum_oy T(r + oy, r' + oy), summed row by row, multiplied by
 // the overlaps (computed on the fly, never stored) and written once.
+// A layer with 0 gate words is an ungated conv (the last of a run whose gate a max pool reads);
+// npk_select_sum_* then applies gate, max pool and the next layer's channel sum at the pooled resolution.
 // Plain C ABI (called through ctypes); no torch headers, so it builds in a second.
 #include <algorithm>
 #include <atomic>

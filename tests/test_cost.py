@@ -18,8 +18,8 @@ def shortcut_net() -> nn.Module:
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.b = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-            self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 2)
+            self.a, self.b = nn.Conv2d(1, 128, 3, padding=1), nn.Conv2d(128, 128, 3, padding=1)
+            self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(128, 2)
 
         def forward(self, x):
             h = torch.relu(self.a(x))
@@ -31,12 +31,12 @@ def shortcut_net() -> nn.Module:
 X = torch.randn(3, 1, 8, 8, dtype=torch.float64)
 
 
-def test_the_estimate_names_its_parts_and_charges_identity_shortcuts_per_channel():
+def test_the_estimate_names_its_parts_and_charges_identity_shortcuts_by_their_mask_overlaps():
     est = cost.estimate(from_module(cnn(nn.MaxPool2d), X[:1]), itemsize=8)
     assert est.ms_per_pair > 0 and abs(sum(est.parts.values()) - est.ms_per_pair) < 1e-12
     assert set(est.parts) >= {"convs at 8x8", "max pools at 8x8 (4 channels)", "max pools at 4x4 (4 channels)"}
     shortcut = cost.estimate(from_module(shortcut_net(), X[:1]), itemsize=8)
-    assert shortcut.main_part()[0] == "per-channel kernels at 8x8 (8 channels)"
+    assert shortcut.main_part()[0] == "identity shortcuts at 8x8 (128 channels)"
     assert cost.estimate(from_module(shortcut_net(), X[:1]), itemsize=4).ms_per_pair == shortcut.ms_per_pair / 2
 
 
@@ -57,4 +57,4 @@ def test_a_gram_over_the_threshold_prints_one_line_once_with_the_estimate_and_it
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     assert re.fullmatch(r"npk_gram: about [0-9.]+ s for 6 pairs \(~[0-9.e+-]+ ms a pair on one thread, \d+ thread\(s\)\); "
-                        r"\d+% of it in per-channel kernels at 8x8 \(8 channels\)", lines[0])
+                        r"\d+% of it in identity shortcuts at 8x8 \(128 channels\)", lines[0])

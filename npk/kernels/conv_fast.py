@@ -26,6 +26,13 @@ A run at the very start of the op list takes the inputs instead of their pair ke
 forms sum_c x(i, c) x'(i', c) on the fly), and a GlobalAvgPool right after a run is summed inside the
 kernel, so for C4GAP-shaped nets no P x P pair kernel is ever written to memory.
 
+A run may end with a conv whose gate it cannot take (a gate that a max pool reads, or one that keeps its
+channels): the kernel then writes the conv's offset sums ungated, the kernel M every channel shares.
+conv-ReLU-maxpool, the block of VGG-style nets, then never needs one kernel per channel: the max pool
+selects, per channel c and window, one position s_c(o), and the next weight layer sums over channels, so
+`select_sum` (C++, `npk_select_sum_*`) forms M'(o, o') = sum_c g_c(x, s_c(o)) g_c(x', s_c'(o')) M(s_c(o),
+s_c'(o')) at the pooled resolution: C Q^2 reads of M for Q pooled positions.
+
 Why, measured on this project's 2-core AMD EPYC (AVX-512 with VPOPCNTDQ), one thread, C4GAP-128 on
 32 x 32 x 3 (`benchmarks/conv_npk.py`, README "Performance"): the overlaps of a pair are 1.07 G
 fp32 flops (10 ms at the measured 100 GFLOP/s), 2.3 ms as exact bf16 GEMMs (460 G/s) and 8.4 M word

@@ -6,9 +6,10 @@ Q = P after a max pool, K the kernel taps):
     conv in a fused run (`conv_fast`)         P^2 K       offset sums in L2, overlaps as popcounts
     any other conv (strided, unpadded, ...)    P^2 K       shifted copies of the whole pair kernel
     gate + max pool + channel sum (collapsed)  C Q^2       gathers (`conv_fast.select_sum`)
-    per-channel kernels (a gate that keeps     C P^2       per op they pass through: an identity
-      its channels: an identity shortcut                   shortcut into a ReLU, a max pool whose
-      into a ReLU)                                         channels are not summed next
+    identity shortcuts into ReLUs              K C P^2     K mask overlaps where the channels are summed
+                                                           (K: the residual branches, `Pair`'s "terms")
+    per-channel kernels (a max pool whose      C P^2       per op they pass through
+      channels are not summed next)
     pooling, flatten                           P^2         (C P^2 on per-channel kernels)
 
 times a rate per entry measured on this project's CPU (one thread, `benchmarks/traced_gram.py`). The
@@ -24,7 +25,7 @@ from typing import Sequence
 from .. import graph
 
 # nanoseconds per entry in float32 (float64: x 2, memory bound), one thread, on a machine shared with other jobs
-NS = {"fused": 0.15, "generic": 0.5, "select": 0.5, "channels": 3.0, "shape": 0.3}
+NS = {"fused": 0.15, "generic": 0.5, "select": 0.5, "channels": 3.0, "overlap": 0.02, "shape": 0.3}
 WARN_SECONDS = 3600.0
 
 
@@ -65,19 +66,21 @@ def estimate(model, itemsize: int = 4) -> Estimate:
     def add(what: str, entries: float, rate: str) -> None:
         parts[what] += entries * NS[rate] * memory / 1e6
 
-    def walk(ops: Sequence[graph.Op], shape: tuple, channels: int) -> tuple[tuple, int]:
-        """shape: (C, *S) of the stream; channels: C while the pair kernel keeps one per channel, else 0."""
+    def walk(ops: Sequence[graph.Op], shape: tuple, kind: str, k: int) -> tuple[tuple, str, int]:
+        """shape: (C, *S) of the stream; kind: of `npk.kernels.npk.Pair`; k: its number of terms."""
         i = 0
         while i < len(ops):
             op, area = ops[i], math.prod(shape[1:]) ** 2
+            if isinstance(op, (graph.Linear, graph.Flatten, graph.Readout)) and kind == "terms":
+                add(f"identity shortcuts at {_res(shape)} ({shape[0]} channels)", k * shape[0] * area, "overlap")
             if isinstance(op, graph.Linear) and op.is_conv:
                 shape = (op.module.out_channels, *(a.out_size(n) for a, n in zip(op.axes, shape[1:])))
                 fused = conv_fast._handled(op)
                 add(f"convs at {_res(shape)}" if fused else f"strided / unpadded convs at {_res(shape)}",
                     math.prod(shape[1:]) ** 2 * math.prod(op.module.kernel_size), "fused" if fused else "generic")
-                channels = 0
+                kind = "each"
             elif isinstance(op, graph.Linear):
-                shape, channels = (op.module.out_features,), 0
+                shape, kind = (op.module.out_features,), "each"
             elif isinstance(op, graph.Gate):
                 pool = ops[i + 1] if i + 1 < len(ops) and isinstance(ops[i + 1], graph.MaxPool) else None
                 if pool is not None:
@@ -86,29 +89,39 @@ def estimate(model, itemsize: int = 4) -> Estimate:
                     if op.layer in collapsed and sums_channels(ops, i + 1):
                         add(f"max pools at {_res(shape)} ({shape[0]} channels)", shape[0] * math.prod(out[1:]) ** 2,
                             "select")
-                        channels = 0
+                        kind = "sum"
                     else:
                         add(f"per-channel kernels at {_res(shape)} ({shape[0]} channels)",
                             shape[0] * math.prod(out[1:]) * math.prod(shape[1:]), "channels")
-                        channels = shape[0]
+                        kind = "chan"
                     shape = out
-                elif id(op) in keep or channels:
-                    channels = shape[0]
-                    add(f"per-channel kernels at {_res(shape)} ({channels} channels)", channels * area, "channels")
+                elif kind == "chan":
+                    add(f"per-channel kernels at {_res(shape)} ({shape[0]} channels)", shape[0] * area, "channels")
+                elif id(op) in keep:
+                    kind, k = "terms", (k if kind == "terms" else 1)
+                else:
+                    if kind == "terms":
+                        add(f"identity shortcuts at {_res(shape)} ({shape[0]} channels)", k * shape[0] * area,
+                            "overlap")
+                    kind = "sum"
             elif isinstance(op, graph.Residual):
-                block = walk(op.block, shape, channels)
-                skip = walk(op.skip, shape, channels)
-                shape, channels = block[0], max(block[1], skip[1])
-                if channels:
-                    add(f"per-channel kernels at {_res(shape)} ({channels} channels)", channels * area, "channels")
+                ends = [walk(branch, shape, kind, k) for branch in (op.block, op.skip)]
+                shape = ends[0][0]
+                kinds = {end[1] for end in ends}
+                if kinds <= {"terms", "each"} and "terms" in kinds:
+                    kind, k = "terms", sum(end[2] if end[1] == "terms" else 1 for end in ends)
+                else:
+                    kind = "sum" if "sum" in kinds else "chan" if "chan" in kinds else "each"
+                if kind == "chan":
+                    add(f"per-channel kernels at {_res(shape)} ({shape[0]} channels)", shape[0] * area, "channels")
             elif not isinstance(op, graph.Readout):
-                add(f"pooling at {_res(shape)}", max(1, channels) * area, "shape")
+                add(f"pooling at {_res(shape)}", (shape[0] if kind == "chan" else 1) * area, "shape")
                 shape = graph.shape_after(op, shape)
-                channels = 0 if isinstance(op, graph.Flatten) else channels
+                kind = "sum" if isinstance(op, graph.Flatten) else kind
             i += 1
-        return shape, channels
+        return shape, kind, k
 
-    walk(model.ops, tuple(model.input_shape), 0)
+    walk(model.ops, tuple(model.input_shape), "sum", 0)
     return Estimate(sum(parts.values()), dict(parts))
 
 

@@ -9,15 +9,18 @@ M(i, i') = sum over partial path classes s ending at positions i, i' of phi_x(s,
     Linear conv      M(o, o') <- sum_k M(s o + d k - p, s o' + d k - p) (+ 1)   k over the kernel taps,
                      s the stride, d the dilation, p the left pad; outside the image: zero or wrap-around
     Gate(l)          M <- ov_l * M,  ov_l(i, i') = sum_c G_l(x)(i, c) G_l(x')(i', c)
-    MaxPool          M_c(o, o') <- M_c(sel_x(o, c), sel_x'(o', c))   (each window passes its selected input)
+    MaxPool          M_c(o, o') <- M_c(sel_x(o, c), sel_x'(o', c))   (each window passes its selected input);
+                     after Gate(l), read through the channel sum: M(o, o') <- sum_c G_l(x)(sel_x(o, c), c)
+                     G_l(x')(sel_x'(o', c), c) M(sel_x(o, c), sel_x'(o', c)), never per channel
     AvgPool          M <- A M A^T  on every spatial axis, both sides (A the window-averaging matrix)
     GlobalAvgPool    M <- mean over all (i, i')
     Flatten          M <- sum_i M(i, i)  (a dense layer after it has position-specific weights)
     Residual         M <- skip(M) + block(M)   (paths through the two branches are disjoint classes)
     Readout          H = M (+ 1)
 A gate whose stream reaches another gate or a max pool without a weight layer in between (an identity
-shortcut into a ReLU, a ReLU into a max pool) keeps one kernel per channel, M_c, instead of the sum
-(`Pair`, `npk.graph.channel_plan`).
+shortcut into a ReLU, a ReLU into a max pool) keeps its channels (`Pair`, `npk.graph.channel_plan`):
+as a few shared kernels under per-channel gate masks, M_c = sum_k A_k(c) B_k(c) E_k (identity shortcuts:
+gates multiply the masks, the sum over c is sum_k E_k * overlap(A_k, B_k)), or as one kernel M_c per channel.
 The fully connected case is H = (X X^T) * prod_l (G_l G_l^T) (elementwise), with +1 terms for biases.
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import singledispatch
 from pathlib import Path
 from typing import Sequence
@@ -226,19 +229,27 @@ class Pair:
     "sum":  M (n, m, *S, *S) is summed over the last unit's channel (after a gate; the input)
     "each": M is the kernel of every one of the C channels (after a weight layer; the sum is C M)
     "chan": M (n * C, m, *S, *S) holds one kernel per channel, sample-major
-    Spatial rules act on M's axes from 2 on, so they read all three the same way.
+    "terms": the channel kernels as a few shared kernels E_k under 0/1 or soft masks A_k, B_k (n / m, C, *S),
+             M_c(i, i') = sum_k A_k(i, c) B_k(i', c) E_k(i, i')   (`terms`: [(E_k, A_k, B_k, hard)]; M unused).
+             A gate multiplies the masks, a residual sum joins the lists, and the channel sum is
+             sum_k E_k * overlap(A_k, B_k): identity shortcuts into ReLUs cost K kernels and K overlaps,
+             not C kernels (K: the branches since the last weight layer)
+    Spatial rules act on M's axes from 2 on, so they read "sum", "each" and "chan" the same way.
     """
 
-    M: torch.Tensor
+    M: torch.Tensor | None
     kind: str
     C: int
     fresh: bool = False     # M is this state's own tensor (no other state reads it): rules may overwrite it
+    terms: list = field(default_factory=list)
 
     def summed(self) -> torch.Tensor:
         if self.kind == "each":
             return self.M * self.C
         if self.kind == "chan":
             return self.M.reshape(-1, self.C, *self.M.shape[1:]).sum(1)
+        if self.kind == "terms":
+            return sum(conv_fast.exact_overlap(A, B, E.dtype, hard).mul_(E) for E, A, B, hard in self.terms)
         return self.M
 
     def per_channel(self) -> torch.Tensor:
@@ -246,7 +257,28 @@ class Pair:
         if self.kind == "sum":
             raise ValueError("the NPK summed this stream's channels already (npk.graph.channel_plan should "
                              "have kept them)")
+        if self.kind == "terms":
+            return self.dense().per_channel()
         return self.M.reshape(-1, self.C if self.kind == "chan" else 1, *self.M.shape[1:])
+
+    def dense(self) -> Pair:
+        """This state with one kernel per channel ("chan") if it is "terms" (itself otherwise)."""
+        if self.kind != "terms":
+            return self
+        E, A, B, _ = self.terms[0]
+        n, m, C, spatial = len(A), len(B), self.C, A.shape[2:]
+        P = math.prod(spatial)
+        M = sum(E.reshape(n, 1, m, P, P) * A.reshape(n, C, 1, P, 1)
+                * B.reshape(m, C, P).transpose(0, 1).reshape(1, C, m, 1, P) for E, A, B, _ in self.terms)
+        return Pair(M.reshape(n * C, m, *spatial, *spatial), "chan", C, fresh=True)
+
+    def as_terms(self) -> list:
+        """The terms of a "terms" or "each" state (an "each" kernel is one term under all-ones masks)."""
+        if self.kind == "terms":
+            return self.terms
+        n, m, d = self.M.shape[0], self.M.shape[1], spatial_dims(self.M)
+        ones = lambda k: self.M.new_ones((k, self.C, *self.M.shape[2:2 + d]))     # noqa: E731
+        return [(self.M, ones(n), ones(m), True)]
 
 
 def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair) -> Pair | torch.Tensor:
@@ -272,13 +304,14 @@ def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair
         elif isinstance(op, graph.Gate):
             state = gate_rule(op, state, ctx)
         elif isinstance(op, graph.Residual):
-            shared = Pair(state.M, state.kind, state.C)     # both branches read it: not fresh
+            shared = replace(state, fresh=False)            # both branches read it: not fresh
             state = _add(propagate(op.skip, shared, ctx), propagate(op.block, shared, ctx))
         elif isinstance(op, graph.Linear):
             state = Pair(pair_rule(op, state.summed(), ctx), "each", op.module.weight.shape[0])
         elif isinstance(op, (graph.Flatten, graph.Readout)):
             state = Pair(pair_rule(op, state.summed(), ctx), "sum", 1)
         else:
+            state = state.dense()
             state = Pair(pair_rule(op, state.M, ctx), state.kind, state.C)
     return state
 
@@ -298,6 +331,8 @@ def sums_channels(ops: Sequence[graph.Op], i: int) -> bool:
 
 def _add(a: Pair, b: Pair) -> Pair:
     """Residual: skip(M) + block(M) (the paths of the two branches are disjoint classes)."""
+    if "terms" in (a.kind, b.kind) and {a.kind, b.kind} <= {"terms", "each"} and a.C == b.C:
+        return Pair(None, "terms", a.C, terms=a.as_terms() + b.as_terms())
     if a.kind == b.kind and a.C == b.C:
         return Pair(a.M + b.M, a.kind, a.C, fresh=True)
     if "sum" in (a.kind, b.kind):
@@ -319,8 +354,15 @@ def overlap(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ op rules
 def gate_rule(op: graph.Gate, state: Pair, ctx: GatePair) -> Pair:
-    """M_c(i, i') <- G(i, c) G'(i', c) M_c(i, i'), summed over c unless the plan keeps the channels."""
-    return _gated(state, ctx.gx[op.layer], ctx.gy[op.layer], id(op) in ctx.keep)
+    """M_c(i, i') <- G(i, c) G'(i', c) M_c(i, i'), summed over c unless the plan keeps the channels.
+
+    On shared kernels ("each", "terms") the gates multiply the masks of `Pair`'s "terms": A_k <- G A_k."""
+    gx, gy = ctx.gx[op.layer], ctx.gy[op.layer]
+    if state.kind in ("each", "terms") and (id(op) in ctx.keep or state.kind == "terms"):
+        hard = conv_fast.hard_gates(ctx, [op.layer])
+        terms = Pair(None, "terms", state.C, terms=[(E, A * gx, B * gy, h and hard) for E, A, B, h in state.as_terms()])
+        return terms if id(op) in ctx.keep else Pair(terms.summed(), "sum", 1)
+    return _gated(state, gx, gy, id(op) in ctx.keep)
 
 
 def gated_select_rule(gate: graph.Gate, pool: graph.MaxPool, state: Pair, ctx: GatePair, summed: bool = False) -> Pair:
@@ -491,8 +533,9 @@ def block_size(model: GatedNet, itemsize: int, memory_budget: int) -> int:
 
 def pair_bytes(model: GatedNet, itemsize: int) -> int:
     """Peak bytes of one pair's kernels: about 4 tensors of the largest shared pair kernel (P^2 entries),
-    or 2 of the largest per-channel stretch (C P^2: a gate that keeps its channels, `npk.graph.channel_plan`,
-    unless a max pool collapses them, `collapsed_gates`), whichever is larger."""
+    or 2 of the largest per-channel stretch (C P^2: a gate read by a max pool that does not collapse its
+    channels, `collapsed_gates`), whichever is larger. Identity shortcuts keep a few shared kernels
+    (`Pair`'s "terms"), counted as shared."""
     shared, per_channel = 1, 0
     for c, s in _stream_spatial_shapes(model):
         shared, per_channel = (max(shared, math.prod(s) ** 2), per_channel) if c == 1 else \
@@ -505,12 +548,17 @@ def collapsed_gates(ops: Sequence[graph.Op]) -> set[int]:
     (a max pool whose stream is read through its channel sum, on a CPU with the extension built)."""
     if conv_fast.extension() is None:
         return set()
+    return _pooled_gates(ops, lambda seq, i: sums_channels(seq, i + 2))
+
+
+def _pooled_gates(ops: Sequence[graph.Op], where=lambda seq, i: True) -> set[int]:
+    """Layers of the gates right before a max pool (at ops `where(seq, i)` holds), residual blocks included."""
     found = set()
 
     def visit(seq):
         for i, op in enumerate(seq):
-            if isinstance(op, graph.Gate) and i + 1 < len(seq) and isinstance(seq[i + 1], graph.MaxPool) \
-                    and sums_channels(seq, i + 2):
+            if (isinstance(op, graph.Gate) and i + 1 < len(seq) and isinstance(seq[i + 1], graph.MaxPool)
+                    and where(seq, i)):
                 found.add(op.layer)
             if isinstance(op, graph.Residual):
                 visit(op.block)
@@ -522,9 +570,7 @@ def collapsed_gates(ops: Sequence[graph.Op]) -> set[int]:
 
 def _stream_spatial_shapes(model: GatedNet):
     """(channel factor, spatial shape) of the input and of every gate's stream."""
-    keep = graph.channel_plan(model.ops)
-    kept = {op.layer for op in graph.walk(model.ops) if isinstance(op, graph.Gate) and id(op) in keep}
-    kept -= collapsed_gates(model.ops)
+    kept = _pooled_gates(model.ops) - collapsed_gates(model.ops)
     with torch.no_grad():
         probe = torch.zeros((1, *model.input_shape), dtype=next(model.parameters()).dtype,
                             device=next(model.parameters()).device)
