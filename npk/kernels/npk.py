@@ -131,8 +131,11 @@ class NPKTiles(TileKernel):
 
     def all_gates(self, X: torch.Tensor):
         """The compact gates of all of X, computed in chunks of about one tile budget of float gates."""
-        per_sample = max(1, gates_per_sample(self.shapes) * self.model_itemsize)
-        return compute_gates(self.model, X, self.kind, rows=max(1, self.budget // per_sample))
+        return compute_gates(self.model, X, self.kind, rows=self._rows())
+
+    def _rows(self) -> int:
+        """Samples per chunk of the gate pass: about one tile budget of float gates."""
+        return max(1, self.budget // max(1, gates_per_sample(self.shapes) * self.model_itemsize))
 
     def selection_bytes(self, n: int) -> int:
         """Bytes of the max-pool selections of n samples (int32; at most one per gate)."""
@@ -140,7 +143,7 @@ class NPKTiles(TileKernel):
 
     def all_selections(self, X: torch.Tensor) -> list[torch.Tensor]:
         """The max-pool selections of all of X as int32, computed in chunks like `all_gates`."""
-        rows = max(1, self.budget // max(1, gates_per_sample(self.shapes) * self.model_itemsize))
+        rows = self._rows()
         chunks = [model_selections(self.model, X[r:r + rows]) for r in range(0, len(X), rows)]
         return [torch.cat(pool).to(torch.int32) for pool in zip(*chunks)]
 
@@ -332,7 +335,8 @@ def sums_channels(ops: Sequence[graph.Op], i: int) -> bool:
 def _add(a: Pair, b: Pair) -> Pair:
     """Residual: skip(M) + block(M) (the paths of the two branches are disjoint classes)."""
     if "terms" in (a.kind, b.kind) and {a.kind, b.kind} <= {"terms", "each"} and a.C == b.C:
-        return Pair(None, "terms", a.C, terms=a.as_terms() + b.as_terms())
+        terms = Pair(None, "terms", a.C, terms=a.as_terms() + b.as_terms())
+        return terms if len(terms.terms) <= a.C else terms.dense()        # more terms than channels: per channel
     if a.kind == b.kind and a.C == b.C:
         return Pair(a.M + b.M, a.kind, a.C, fresh=True)
     if "sum" in (a.kind, b.kind):
