@@ -268,10 +268,9 @@ def _run_extension(ops, start: int, convs, layers, spatial, ctx, M: torch.Tensor
     L = len(convs)
     ints = lambda values: (ctypes.c_int * L)(*values)                                  # noqa: E731
     ptrs = lambda tensors: (ctypes.c_void_p * L)(*[t.data_ptr() for t in tensors])     # noqa: E731
-    ptr = lambda t: ctypes.c_void_p(t.data_ptr() if t is not None else None)           # noqa: E731
     kernel = [tuple(c.module.kernel_size) for c in convs]
     fn = lib.npk_conv_run_f32 if ref.dtype == torch.float32 else lib.npk_conv_run_f64
-    status = fn(ptr(M), ptr(x), ptr(y), x.shape[1] if x is not None else 0, ptr(out), ptr(sums),
+    status = fn(_ptr(M), _ptr(x), _ptr(y), x.shape[1] if x is not None else 0, _ptr(out), _ptr(sums),
                 ctypes.c_int64(n), ctypes.c_int64(m), H, W, L, ints([1 if len(k) == 1 else k[0] for k in kernel]),
                 ints([k[-1] for k in kernel]), ints([int(c.circular) for c in convs]),
                 (ctypes.c_double * L)(*[float(c.has_bias) for c in convs]), ints([g.shape[1] for g in gx]),
@@ -316,12 +315,15 @@ def select_sum(M: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, gx: torch.Te
     sx, sy = (s.to(torch.int32).contiguous() for s in (sx, sy))
     gx, gy = (g.to(M.dtype).contiguous() for g in (gx, gy))
     fn = lib.npk_select_sum_f32 if M.dtype == torch.float32 else lib.npk_select_sum_f64
-    ptr = lambda t: ctypes.c_void_p(t.data_ptr())                                      # noqa: E731
-    status = fn(ptr(M), ctypes.c_int64(n), ctypes.c_int64(m), ctypes.c_int64(P), ctypes.c_int64(Q), C, ptr(sx),
-                ptr(sy), ptr(gx), ptr(gy), ptr(result), torch.get_num_threads())
+    status = fn(_ptr(M), ctypes.c_int64(n), ctypes.c_int64(m), ctypes.c_int64(P), ctypes.c_int64(Q), C, _ptr(sx),
+                _ptr(sy), _ptr(gx), _ptr(gy), _ptr(result), torch.get_num_threads())
     if status:
         raise RuntimeError(f"the max-pool select-sum of the conv NPK extension failed (status {status})")
     return result
+
+
+def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr() if t is not None else None)
 
 
 # ----------------------------------------------------------------------------------- torch backend
