@@ -15,6 +15,8 @@
 // Within a layer the offset sum is separable: along the columns, T(r, r') = sum_ox of slab (r, r')
 // shifted by (ox, ox); along the rows, sum_oy T(r + oy, r' + oy), summed row by row, multiplied by
 // the overlaps (computed on the fly, never stored) and written once.
+// A layer with 0 gate words is an ungated conv (the last of a run whose gate a max pool reads);
+// npk_select_sum_* then applies gate, max pool and the next layer's channel sum at the pooled resolution.
 // Plain C ABI (called through ctypes); no torch headers, so it builds in a second.
 #include <algorithm>
 #include <atomic>
@@ -97,7 +99,9 @@ void column_sums(const T* __restrict slab, int64_t stride, int W, int rx, bool c
 template <typename T, typename Acc>
 inline void gate_row(T* __restrict out, const Acc& acc, const uint64_t* __restrict gxa, int64_t i,
                      const uint64_t* __restrict gy0, int64_t P, int W, int words) {
-    if (words == 1) {
+    if (words == 0) {                           // an ungated conv (its gate is read by a max pool)
+        for (int j = 0; j < W; ++j) out[j] = acc(j);
+    } else if (words == 1) {
         const uint64_t g = gxa[i];
         for (int j = 0; j < W; ++j) out[j] = static_cast<T>(__builtin_popcountll(g & gy0[j])) * acc(j);
     } else if (words == 2) {
@@ -302,7 +306,7 @@ int run(const T* M_in, const T* x, const T* y, int c0, T* M_out, double* sums, i
     std::vector<Layer> layers(n_layers);
     int kw_max = 1;
     for (int l = 0; l < n_layers; ++l) {
-        if (words[l] < 1 || words[l] > 64 || kh[l] > 63 || kw[l] > 63) return 1;
+        if (words[l] < 0 || words[l] > 64 || kh[l] > 63 || kw[l] > 63) return 1;
         if (circular[l] != circular[0]) return 2;    // zero and circular diagonals differ
         layers[l] = Layer{kh[l], kw[l], circular[l], bias[l], words[l], gx[l], gy[l]};
         kw_max = std::max(kw_max, kw[l]);
@@ -333,9 +337,53 @@ int run(const T* M_in, const T* x, const T* y, int c0, T* M_out, double* sums, i
     return 0;
 }
 
+// M_out(p, p') = sum_c gx(c, p) gy(c, p') M(sx(c, p), sy(c, p')) for each pair: a gate, the max pool
+// that selects from it and the channel sum of the weight layer after it, at the pooled resolution
+// (M: (n, m, P, P), the kernel every channel shares after a weight layer; sx (n, C, Q) selected flat
+// positions, gx (n, C, Q) the gates there; M_out (n, m, Q, Q)). Per output row p and channel c one
+// row of M is read at Q positions (in L1); items are (pair, block of output rows).
+template <typename T>
+int select_sum(const T* M, int64_t n, int64_t m, int64_t P, int64_t Q, int C, const int32_t* sx, const int32_t* sy,
+               const T* gx, const T* gy, T* M_out, int threads) {
+    if (C < 1 || P < 1 || Q < 1) return 1;
+    constexpr int64_t ROWS = 16;
+    const int64_t blocks = (Q + ROWS - 1) / ROWS;
+    auto item = [&](int64_t it, Buffers<T>&) {
+        const int64_t ab = it / blocks, a = ab / m, b = ab % m, p0 = (it % blocks) * ROWS;
+        const T* Mab = M + ab * P * P;
+        const int32_t* sya = sy + b * C * Q;
+        const T* gya = gy + b * C * Q;
+        for (int64_t p = p0; p < std::min(Q, p0 + ROWS); ++p) {
+            T* __restrict orow = M_out + ab * Q * Q + p * Q;
+            std::fill(orow, orow + Q, T(0));
+            for (int c = 0; c < C; ++c) {
+                const T g = gx[(a * C + c) * Q + p];
+                if (g == T(0)) continue;
+                const T* __restrict row = Mab + (int64_t)sx[(a * C + c) * Q + p] * P;
+                const int32_t* __restrict s = sya + (int64_t)c * Q;
+                const T* __restrict h = gya + (int64_t)c * Q;
+                for (int64_t j = 0; j < Q; ++j) orow[j] += g * h[j] * row[s[j]];
+            }
+        }
+    };
+    share<T>(n * m * blocks, threads, item);
+    return 0;
+}
+
 }  // namespace
 
 extern "C" {
+
+int npk_select_sum_f32(const float* M, int64_t n, int64_t m, int64_t P, int64_t Q, int C, const int32_t* sx,
+                       const int32_t* sy, const float* gx, const float* gy, float* M_out, int threads) {
+    return select_sum(M, n, m, P, Q, C, sx, sy, gx, gy, M_out, threads);
+}
+
+int npk_select_sum_f64(const double* M, int64_t n, int64_t m, int64_t P, int64_t Q, int C, const int32_t* sx,
+                       const int32_t* sy, const double* gx, const double* gy, double* M_out, int threads) {
+    return select_sum(M, n, m, P, Q, C, sx, sy, gx, gy, M_out, threads);
+}
+
 
 int npk_conv_run_f32(const float* M_in, const float* x, const float* y, int c0, float* M_out, double* sums,
                      int64_t n, int64_t m, int H, int W, int n_layers, const int* kh, const int* kw,

@@ -265,7 +265,7 @@ RULES: dict[type, dict[str, str]] = {
     AvgPool: {"forward": "graph: AvgPool.forward", "npk": "kernels.npk: pair_rule(AvgPool)",
               "expected": "kernels.infinite: pair_rule(AvgPool)", "reference": "kernels.reference: _step(AvgPool)",
               "ntk": "no weights: linear, cotangents flow through"},
-    MaxPool: {"forward": "graph: run -> on_select (MaxPool.pool / select)", "npk": "kernels.npk: select_rule (gated_select_rule after a Gate)",
+    MaxPool: {"forward": "graph: run -> on_select (MaxPool.pool / select)", "npk": "kernels.npk: select_rule (gated_select_rule after a Gate; conv_fast.select_sum)",
               "expected": "error: kernels.infinite.expected_npk refuses MaxPool (no closed form)",
               "reference": "kernels.reference: _step(MaxPool)", "ntk": "no weights: cotangents flow through select"},
     GlobalAvgPool: {"forward": "graph: GlobalAvgPool.forward", "npk": "kernels.npk: pair_rule(GlobalAvgPool)",

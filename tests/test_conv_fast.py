@@ -4,6 +4,7 @@
 CPU. The generic rules are tested in test_npk_exact.py, which runs the default ("auto") backend.
 """
 import itertools
+import math
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from npk import graph
 from npk.kernels import compact, conv_fast
 from npk.kernels.npk import kernel_gates, npk_gram, pair_kernel
 from npk.models.conv import C4GAP, ConvDLGN, ConvDNN
+from npk.models.trace import from_module
 from npk.theory.duality import relative_error
 from test_npk_exact import TOL, assert_exact, conv, conv_net, dense, inputs, randomize, tiny
 
@@ -191,3 +193,44 @@ def test_low_precision_overlaps_are_exact_across_channel_chunks():
     assert want.min() > 2048
     for low in (torch.bfloat16, torch.float16):
         assert torch.equal(conv_fast.exact_overlap(A, B, torch.float64, hard=True, low=low), want)
+
+
+POOLS = [(2, None, 0, 1, False), (3, 2, 1, 1, False), (2, 1, 0, 2, False), (2, 3, 0, 1, True), (3, 1, 1, 1, False),
+         ((2, 3), (1, 2), (1, 1), 1, False)]   # (kernel, stride, padding, dilation, ceil_mode) of MaxPool2d
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=[str(p) for p in POOLS])
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+def test_max_pools_of_every_window_geometry_collapse_their_channels_exactly(backend, pool, padding, monkeypatch):
+    """conv-ReLU-maxpool twice into a dense readout: the gate, the selection and the next layer's channel
+    sum at once at the pooled resolution (the extension's select-sum), exact against path enumeration."""
+    calls = []
+    select_sum = conv_fast.select_sum
+    monkeypatch.setattr(conv_fast, "select_sum", lambda *a: calls.append(select_sum(*a)) or calls[-1])
+    first, second = graph.MaxPool(*pool[:4], ceil_mode=pool[4]), graph.MaxPool(2, ceil_mode=True)
+    out = graph.shape_after(second, graph.shape_after(first, (2, 6, 5)))
+    ops = [conv(2, 2, 3, 3, padding, True), graph.Gate(0), first, conv(2, 3, 2, 3, padding, False), graph.Gate(1),
+           second, graph.Flatten(), graph.Readout(nn.Linear(math.prod(out), 2))]
+    assert_exact(randomize(tiny("relu")(graph.number(ops), (2, 6, 5)), seed=30))
+    assert calls and all((c is not None) == (backend == "extension") for c in calls)
+
+
+def test_a_traced_plain_pytorch_cnn_with_batch_norm_and_max_pooling_is_exact():
+    """conv-BN-ReLU-maxpool twice, then a dense readout, as a user writes it (reduced copy of the benchmark's CNN)."""
+    torch.manual_seed(31)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(3, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(2 * 2 * 2, 3)).double().eval()
+    for bn in (net[1], net[5]):
+        bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+    assert_exact(from_module(net, inputs((2, 8, 8), 2, 0)))
+
+
+def test_the_max_pool_cnn_in_float32_is_within_1e_6_of_float64():
+    torch.manual_seed(32)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 2)).double()
+    X = inputs((3, 16, 16), 4, 0)
+    model = from_module(net, X[:2])
+    H64 = npk_gram(model, X)
+    assert relative_error(npk_gram(model.float(), X.float()).double(), H64) < 1e-6

@@ -108,6 +108,22 @@ def test_residual_with_a_projection_shortcut_and_relu_after_the_sum_is_exact(gat
     assert_exact(model)
 
 
+@pytest.mark.parametrize("gate,channels", [("hard", 3), ("soft", 3), ("hard", 2)])
+def test_identity_shortcuts_into_relus_keep_a_few_masked_shared_kernels_and_are_exact(gate, channels, monkeypatch):
+    """Two identity blocks in a row: three terms E_k under per-channel masks where there are 3 channels,
+    one kernel per channel where there are fewer channels than terms."""
+    made, summed = [], []
+    dense, summed_rule = npk_module.Pair.dense, npk_module.Pair.summed
+    monkeypatch.setattr(npk_module.Pair, "dense", lambda self: made.append(self.kind) or dense(self))
+    monkeypatch.setattr(npk_module.Pair, "summed", lambda self: summed.append(len(self.terms)) or summed_rule(self))
+    c = channels
+    ops = [conv(1, 1, c), graph.Gate(0), graph.Residual([conv(1, c, 1), graph.Gate(1), conv(1, 1, c)]), graph.Gate(2),
+           graph.Residual([conv(1, c, 1, bias=False), graph.Gate(3), conv(1, 1, c)]), graph.Gate(4),
+           graph.GlobalAvgPool(), graph.Readout(nn.Linear(c, 2))]
+    assert_exact(model_of(ops, (1, 4), "relu", gate=gate))
+    assert ("terms" in made) == (channels < 3) and max(summed) == (3 if channels == 3 else 2)
+
+
 def test_an_identity_shortcut_into_a_max_pool_is_exact():
     ops = [conv(1, 1, 2), graph.Gate(0), graph.Residual([conv(1, 2, 2), graph.Gate(1)]), graph.Gate(2),
            graph.MaxPool(2), graph.Flatten(), graph.Readout(nn.Linear(4, 1))]

@@ -26,6 +26,13 @@ A run at the very start of the op list takes the inputs instead of their pair ke
 forms sum_c x(i, c) x'(i', c) on the fly), and a GlobalAvgPool right after a run is summed inside the
 kernel, so for C4GAP-shaped nets no P x P pair kernel is ever written to memory.
 
+A run may end with a conv whose gate it cannot take (a gate that a max pool reads, or one that keeps its
+channels): the kernel then writes the conv's offset sums ungated, the kernel M every channel shares.
+conv-ReLU-maxpool, the block of VGG-style nets, then never needs one kernel per channel: the max pool
+selects, per channel c and window, one position s_c(o), and the next weight layer sums over channels, so
+`select_sum` (C++, `npk_select_sum_*`) forms M'(o, o') = sum_c g_c(x, s_c(o)) g_c(x', s_c'(o')) M(s_c(o),
+s_c'(o')) at the pooled resolution: C Q^2 reads of M for Q pooled positions.
+
 Why, measured on this project's 2-core AMD EPYC (AVX-512 with VPOPCNTDQ), one thread, C4GAP-128 on
 32 x 32 x 3 (`benchmarks/conv_npk.py`, README "Performance"): the overlaps of a pair are 1.07 G
 fp32 flops (10 ms at the measured 100 GFLOP/s), 2.3 ms as exact bf16 GEMMs (460 G/s) and 8.4 M word
@@ -90,7 +97,7 @@ def extension() -> ctypes.CDLL | None:
                 lib = ctypes.CDLL(str(path))
             except OSError:
                 continue
-            for name in ("npk_conv_run_f32", "npk_conv_run_f64"):
+            for name in ("npk_conv_run_f32", "npk_conv_run_f64", "npk_select_sum_f32", "npk_select_sum_f64"):
                 getattr(lib, name).restype = ctypes.c_int
             lib.npk_and_popcount.restype = ctypes.c_int64
             _state["lib"] = lib
@@ -101,18 +108,31 @@ def extension() -> ctypes.CDLL | None:
 # ------------------------------------------------------------------------------------ the run
 def conv_run(ops: Sequence[graph.Op], start: int, keep=frozenset()) -> list[graph.Linear]:
     """The conv Linears of the longest run of [conv Linear, Gate] pairs at ops[start:] that this module
-    handles, all with the same padding mode (the kernel splits the work by diagonals, which differ).
+    handles, all with the same padding mode (the kernel splits the work by diagonals, which differ),
+    and a last conv without its gate where the run cannot take that gate (`gated`).
 
-    A run sums each gate's channels, so it stops before a gate whose output keeps one kernel per channel
-    (ids in `keep`, `npk.graph.channel_plan`) and before a gate that a max pool reads."""
+    A run sums each gate's channels, so it does not take a gate whose output keeps one kernel per channel
+    (ids in `keep`, `npk.graph.channel_plan`: an identity shortcut into a ReLU) nor a gate that a max pool
+    reads: the run ends with that gate's conv, and the gate is applied after it (per channel, or fused
+    with the max pool's selection and the next layer's channel sum, `select_sum`)."""
     convs = []
     i = start
-    while (i + 1 < len(ops) and _handled(ops[i]) and isinstance(ops[i + 1], graph.Gate)
-           and id(ops[i + 1]) not in keep and not (i + 2 < len(ops) and isinstance(ops[i + 2], graph.MaxPool))
-           and (not convs or ops[i].circular == convs[0].circular)):
+    while i < len(ops) and _handled(ops[i]) and (not convs or ops[i].circular == convs[0].circular):
         convs.append(ops[i])
+        if not _fusable_gate(ops, i + 1, keep):
+            break
         i += 2
     return convs
+
+
+def gated(ops: Sequence[graph.Op], start: int, convs: Sequence[graph.Linear], keep=frozenset()) -> int:
+    """How many convs of the run at ops[start:] take their gate (all, or all but the last)."""
+    return len(convs) - (not _fusable_gate(ops, start + 2 * len(convs) - 1, keep))
+
+
+def _fusable_gate(ops, i: int, keep) -> bool:
+    return (i < len(ops) and isinstance(ops[i], graph.Gate) and id(ops[i]) not in keep
+            and not (i + 1 < len(ops) and isinstance(ops[i + 1], graph.MaxPool)))
 
 
 def starts_run(ops: Sequence[graph.Op], start: int, ctx) -> bool:
@@ -130,7 +150,7 @@ def _handled(op) -> bool:
             and m.padding in ("same", tuple(ki // 2 for ki in k)) and m.padding_mode in ("zeros", "circular"))
 
 
-def fused_run(ops: Sequence[graph.Op], start: int, M: torch.Tensor, ctx) -> tuple[torch.Tensor, int] | None:
+def fused_run(ops: Sequence[graph.Op], start: int, M: torch.Tensor, ctx) -> tuple[torch.Tensor, int, int] | None:
     """Apply the run of gated convs at ops[start:] to M (`npk.kernels.npk.propagate` calls it at every op).
 
     Args:
@@ -140,20 +160,26 @@ def fused_run(ops: Sequence[graph.Op], start: int, M: torch.Tensor, ctx) -> tupl
             or uint8.
 
     Returns:
-        (M after the run, index of the next op), or None when there is no run at `start` or the backend
-        is "off" (the caller then applies ops[start] generically). The extension also takes a
-        GlobalAvgPool right after the run: M is then the (n, m) means.
+        (M after the run, index of the next op, C), or None when there is no run at `start` or the backend
+        is "off" (the caller then applies ops[start] generically). C is 0 when the run ends with a gate
+        (M is summed over its channels), else the last conv's output channels (M is the kernel each of
+        them shares). The extension also takes a GlobalAvgPool right after the run: M is then the (n, m)
+        means.
 
     Example:
-        >>> fused_run(model.ops, 0, M, GatePair(gx, gy))      # C4GAP: (M of shape (n, m), 9)
+        >>> fused_run(model.ops, 0, M, GatePair(gx, gy))      # C4GAP: (M of shape (n, m), 9, 0)
     """
     run = _plan(ops, start, M, ctx)
     if run is None:
         return None
-    convs, layers, use_ext = run
+    convs, layers, spatial, use_ext = run
     if use_ext:
-        return _run_extension(ops, start, convs, layers, ctx, M=M)
-    return _run_torch(convs, layers, M, ctx), start + 2 * len(convs)
+        return _run_extension(ops, start, convs, layers, spatial, ctx, M=M)
+    return _run_torch(convs, layers, M, ctx), start + 2 * len(convs) - (len(layers) < len(convs)), _channels(convs, layers)
+
+
+def _channels(convs, layers) -> int:
+    return convs[-1].module.out_channels if len(layers) < len(convs) else 0
 
 
 def input_run(model, X: torch.Tensor, Y: torch.Tensor, ctx) -> tuple[torch.Tensor, int] | None:
@@ -166,38 +192,39 @@ def input_run(model, X: torch.Tensor, Y: torch.Tensor, ctx) -> tuple[torch.Tenso
         model: the gated net; X (n, *input_shape), Y (m, *input_shape): the block's inputs; ctx: gates.
 
     Returns:
-        (M after the run, index of the next op), or None when the extension does not take that run.
+        (M after the run, index of the next op, C as in `fused_run`), or None when the extension does not
+        take that run.
 
     Example:
-        >>> input_run(model, X, Y, GatePair(gx, gy))          # C4GAP on a CPU: (M of shape (n, m), 9)
+        >>> input_run(model, X, Y, GatePair(gx, gy))          # C4GAP on a CPU: (M of shape (n, m), 9, 0)
     """
     run = _plan(model.ops, 0, X, ctx)
-    if run is None or not run[2]:
+    if run is None or not run[3]:
         return None
     n, m, C, P = len(X), len(Y), X.shape[1], math.prod(X.shape[2:])
     if model.value_input == "ones":
         x, y = X.new_full((n, 1, P), float(C)), Y.new_ones((m, 1, P))
     else:
         x, y = X.reshape(n, C, P).contiguous(), Y.reshape(m, C, P).contiguous()
-    return _run_extension(model.ops, 0, run[0], run[1], ctx, x=x, y=y)
+    return _run_extension(model.ops, 0, *run[:3], ctx, x=x, y=y)
 
 
-def _plan(ops, start: int, like: torch.Tensor, ctx) -> tuple[list, list[int], bool] | None:
-    """(convs, gate layers, whether the extension runs them) for the run at ops[start:], or None.
-    `like`: the pair kernel or the inputs (their dtype, device and spatial shape)."""
+def _plan(ops, start: int, like: torch.Tensor, ctx) -> tuple[list, list[int], tuple, bool] | None:
+    """(convs, layers of the gates they take, spatial shape, whether the extension runs them) for the run
+    at ops[start:], or None. `like`: the pair kernel or the inputs (their dtype, device and spatial shape)."""
     name = _state["backend"]
     convs = conv_run(ops, start, ctx.keep) if name != "off" else []
     if not convs:
         return None
-    layers = [ops[start + 2 * j + 1].layer for j in range(len(convs))]
+    layers = [ops[start + 2 * j + 1].layer for j in range(gated(ops, start, convs, ctx.keep))]
     spatial = tuple(like.shape[2:2 + len(convs[0].module.kernel_size)])
-    if any(ctx.gx.shape(l)[1:] != spatial for l in layers):
+    if len(spatial) != len(convs[0].module.kernel_size) or any(ctx.gx.shape(l)[1:] != spatial for l in layers):
         return None
     use_ext = name in ("auto", "extension") and _extension_applies(like, ctx, layers)
     if name == "extension" and not use_ext:
         raise RuntimeError("the conv NPK extension cannot run here: it needs a CPU float32/float64 pair kernel, "
                            "hard 0/1 gates and the built library (run `make install`)")
-    return convs, layers, use_ext
+    return convs, layers, spatial, use_ext
 
 
 def _extension_applies(like: torch.Tensor, ctx, layers: list[int]) -> bool:
@@ -219,51 +246,96 @@ def _is_hard(side: compact.LayerGates, layer: int) -> bool:
 
 
 # ------------------------------------------------------------------------------- extension backend
-def _run_extension(ops, start: int, convs, layers, ctx, M: torch.Tensor | None = None,
-                   x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+def _run_extension(ops, start: int, convs, layers, spatial, ctx, M: torch.Tensor | None = None,
+                   x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
     """The run on M (n, m, *S, *S), or on the input kernel of x (n, c0, P), y (m, c0, P); followed by a
-    GlobalAvgPool, its (n, m) result (the kernel returns each diagonal's sum)."""
+    GlobalAvgPool, its (n, m) result (the kernel returns each diagonal's sum). An ungated last conv is a
+    layer of 0 gate words."""
     lib = extension()
     ref = M if M is not None else x
-    spatial = ctx.gx.shape(layers[0])[1:]
     H, W = (1, spatial[0]) if len(spatial) == 1 else spatial
     n, m = (M.shape[0], M.shape[1]) if M is not None else (len(x), len(y))
-    end = start + 2 * len(convs)
+    end = start + 2 * len(convs) - (len(layers) < len(convs))
     reduce = end < len(ops) and isinstance(ops[end], graph.GlobalAvgPool)
     diagonals = H if convs[0].circular else 2 * H - 1
     if M is not None:
         M = M.contiguous()
     out = torch.empty((n, m, *spatial, *spatial), dtype=ref.dtype) if not reduce else None
     sums = torch.empty((n, m, diagonals), dtype=torch.float64) if reduce else None
-    gx = [ctx.gx.packed(l) for l in layers]
-    gy = [ctx.gy.packed(l) for l in layers]
+    none = torch.empty((0, 0, 0), dtype=torch.int64)
+    gx = [ctx.gx.packed(l) for l in layers] + [none] * (len(convs) - len(layers))
+    gy = [ctx.gy.packed(l) for l in layers] + [none] * (len(convs) - len(layers))
     L = len(convs)
     ints = lambda values: (ctypes.c_int * L)(*values)                                  # noqa: E731
     ptrs = lambda tensors: (ctypes.c_void_p * L)(*[t.data_ptr() for t in tensors])     # noqa: E731
-    ptr = lambda t: ctypes.c_void_p(t.data_ptr() if t is not None else None)           # noqa: E731
     kernel = [tuple(c.module.kernel_size) for c in convs]
     fn = lib.npk_conv_run_f32 if ref.dtype == torch.float32 else lib.npk_conv_run_f64
-    status = fn(ptr(M), ptr(x), ptr(y), x.shape[1] if x is not None else 0, ptr(out), ptr(sums),
+    status = fn(_ptr(M), _ptr(x), _ptr(y), x.shape[1] if x is not None else 0, _ptr(out), _ptr(sums),
                 ctypes.c_int64(n), ctypes.c_int64(m), H, W, L, ints([1 if len(k) == 1 else k[0] for k in kernel]),
                 ints([k[-1] for k in kernel]), ints([int(c.circular) for c in convs]),
                 (ctypes.c_double * L)(*[float(c.has_bias) for c in convs]), ints([g.shape[1] for g in gx]),
                 ptrs(gx), ptrs(gy), torch.get_num_threads())
     if status:
         raise RuntimeError(f"the conv NPK extension failed (status {status}): more than 4,096 channels in a layer?")
+    C = _channels(convs, layers)
     if reduce:
-        return (sums.sum(-1) / math.prod(spatial) ** 2).to(ref.dtype), end + 1
-    return out, end
+        return (sums.sum(-1) / math.prod(spatial) ** 2).to(ref.dtype), end + 1, C
+    return out, end, C
+
+
+def select_sum(M: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, gx: torch.Tensor,
+               gy: torch.Tensor) -> torch.Tensor | None:
+    """A gate, the max pool that selects from it, and the channel sum of the next weight layer, at once:
+
+        M'(o, o') = sum_c gx(o, c) gy(o', c) M(sx(o, c), sy(o', c))
+
+    C Q^2 reads of M for Q pooled positions, never one kernel per channel (`npk_select_sum_*` of the C++
+    kernel, accumulating in M's dtype).
+
+    Args:
+        M: (n, m, *S, *S), the kernel every channel shares after a weight layer.
+        sx, sy: (n, C, *S_out), (m, C, *S_out): the flat positions each side's max pool selects.
+        gx, gy: the gates at those positions, same shapes, in M's dtype.
+
+    Returns:
+        M' (n, m, *S_out, *S_out), or None where the extension does not run (the backend, the device, the
+        dtype; the caller then applies the per-channel rules).
+
+    Example:
+        >>> select_sum(M, sx, sy, graph.select(gx, sx), graph.select(gy, sy))   # (n, m, Q, Q) for 1d pools
+    """
+    lib = extension()
+    if (_state["backend"] not in ("auto", "extension") or lib is None or M.device.type != "cpu"
+            or M.dtype not in (torch.float32, torch.float64)):
+        return None
+    n, m, C, out = len(sx), len(sy), sx.shape[1], sx.shape[2:]
+    P, Q = math.prod(M.shape[2:2 + len(out)]), math.prod(out)
+    M = M.contiguous()
+    result = torch.empty((n, m, *out, *out), dtype=M.dtype)
+    sx, sy = (s.to(torch.int32).contiguous() for s in (sx, sy))
+    gx, gy = (g.to(M.dtype).contiguous() for g in (gx, gy))
+    fn = lib.npk_select_sum_f32 if M.dtype == torch.float32 else lib.npk_select_sum_f64
+    status = fn(_ptr(M), ctypes.c_int64(n), ctypes.c_int64(m), ctypes.c_int64(P), ctypes.c_int64(Q), C, _ptr(sx),
+                _ptr(sy), _ptr(gx), _ptr(gy), _ptr(result), torch.get_num_threads())
+    if status:
+        raise RuntimeError(f"the max-pool select-sum of the conv NPK extension failed (status {status})")
+    return result
+
+
+def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr() if t is not None else None)
 
 
 # ----------------------------------------------------------------------------------- torch backend
 def _run_torch(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
     from .npk import conv_sum
     hard = hard_gates(ctx, layers)
-    for conv, l in zip(convs, layers):
+    for j, conv in enumerate(convs):
         M = conv_sum(M, conv.axes)
         if conv.has_bias:
             M = M + 1
-        M = exact_overlap(ctx.gx[l], ctx.gy[l], M.dtype, hard).mul_(M)
+        if j < len(layers):
+            M = exact_overlap(ctx.gx[layers[j]], ctx.gy[layers[j]], M.dtype, hard).mul_(M)
     return M
 
 

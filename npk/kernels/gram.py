@@ -19,6 +19,7 @@ import contextlib
 import copy
 import math
 import os
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +36,7 @@ class TileKernel:
 
         tile(fx, fy) -> tensor (n, m, *extra_shape)   the kernel between the features of two input slices
         name, dtype, extra_shape                       for the progress bar and the output
+        note: str                                      shown on the progress bar (e.g. an estimate)
         key: dict                                      options that change the values (JSON), for the store
     and, when the default does not fit:
         prepare(xs) -> features of a slice of inputs   default: the slice itself
@@ -46,6 +48,7 @@ class TileKernel:
     """
 
     name = "Gram"
+    note = ""
     dtype = torch.float64
     extra_shape: tuple[int, ...] = ()
     key: dict = {}
@@ -134,7 +137,7 @@ def blocked_gram(kernel: TileKernel, X, Y=None, *, block: int, out=None, checkpo
         store = TileStore(checkpoint_dir, fingerprint, holds_tiles=not isinstance(array, np.memmap))
     rows, cols = _cuts(N, block), _cuts(M, block)
     total = len(rows) * (len(rows) + 1) // 2 if symmetric else len(rows) * len(cols)
-    with _bar(total, progress, kernel.name) as bar, (store or contextlib.nullcontext()) as store:
+    with _bar(total, progress, kernel.name, kernel.note) as bar, (store or contextlib.nullcontext()) as store:
         if store is not None and fresh:
             for path in store.dir.glob("tile_*.pt"):   # records of tiles in an output file that is gone
                 path.unlink()
@@ -154,8 +157,11 @@ def blocked_gram(kernel: TileKernel, X, Y=None, *, block: int, out=None, checkpo
             results = dask_tiles(scheduler, kernel, X, Y, todo, rows, cols, store)
         else:
             results = _serial_tiles(kernel, X, Y, todo, rows, cols, symmetric)
+        pairs, start = 0, time.perf_counter()
         for i, j, tile in results:
             _place(H, tile, rows[i], cols[j], symmetric and i != j)
+            pairs += tile.shape[0] * tile.shape[1]
+            bar.set_postfix_str(f"{(time.perf_counter() - start) * 1e3 / pairs:.3g} ms/pair", refresh=False)
             if store is not None and not (scheduler is not None and store.holds_tiles):   # workers wrote those
                 store.save(i, j, H[rows[i], cols[j]])
             bar.update()
@@ -312,6 +318,7 @@ def _inputs_digest(X, Y) -> str:
     return digest_tensors(*tensors, extra=f"{Y is None}")
 
 
-def _bar(total: int, enabled: bool | None, name: str):
+def _bar(total: int, enabled: bool | None, name: str, note: str = ""):
     from tqdm import tqdm
-    return tqdm(total=total, desc=f"{name} tiles", unit="tile", disable=(total < 8) if enabled is None else not enabled)
+    return tqdm(total=total, desc=f"{name} tiles" + (f" ({note})" if note else ""), unit="tile",
+                disable=(total < 8) if enabled is None else not enabled)

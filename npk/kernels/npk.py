@@ -9,22 +9,26 @@ M(i, i') = sum over partial path classes s ending at positions i, i' of phi_x(s,
     Linear conv      M(o, o') <- sum_k M(s o + d k - p, s o' + d k - p) (+ 1)   k over the kernel taps,
                      s the stride, d the dilation, p the left pad; outside the image: zero or wrap-around
     Gate(l)          M <- ov_l * M,  ov_l(i, i') = sum_c G_l(x)(i, c) G_l(x')(i', c)
-    MaxPool          M_c(o, o') <- M_c(sel_x(o, c), sel_x'(o', c))   (each window passes its selected input)
+    MaxPool          M_c(o, o') <- M_c(sel_x(o, c), sel_x'(o', c))   (each window passes its selected input);
+                     after Gate(l), read through the channel sum: M(o, o') <- sum_c G_l(x)(sel_x(o, c), c)
+                     G_l(x')(sel_x'(o', c), c) M(sel_x(o, c), sel_x'(o', c)), never per channel
     AvgPool          M <- A M A^T  on every spatial axis, both sides (A the window-averaging matrix)
     GlobalAvgPool    M <- mean over all (i, i')
     Flatten          M <- sum_i M(i, i)  (a dense layer after it has position-specific weights)
     Residual         M <- skip(M) + block(M)   (paths through the two branches are disjoint classes)
     Readout          H = M (+ 1)
 A gate whose stream reaches another gate or a max pool without a weight layer in between (an identity
-shortcut into a ReLU, a ReLU into a max pool) keeps one kernel per channel, M_c, instead of the sum
-(`Pair`, `npk.graph.channel_plan`).
+shortcut into a ReLU, a ReLU into a max pool) keeps its channels (`Pair`, `npk.graph.channel_plan`):
+as a few shared kernels under per-channel gate masks, M_c = sum_k A_k(c) B_k(c) E_k (identity shortcuts:
+gates multiply the masks, the sum over c is sum_k E_k * overlap(A_k, B_k)), or as one kernel M_c per channel.
 The fully connected case is H = (X X^T) * prod_l (G_l G_l^T) (elementwise), with +1 terms for biases.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field, replace
 from functools import singledispatch
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +36,7 @@ from typing import Sequence
 import torch
 
 from .. import graph
-from . import conv_fast
+from . import conv_fast, cost
 from ..models.base import GatedNet, check_input
 from ..models.gates import check_kind
 from .compact import (LayerGates, compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates,
@@ -89,24 +93,27 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
         raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
     kernel = NPKTiles(model, gates or model.gate_kind, X.dtype, memory_budget)
     block = block_size(model, X.element_size(), memory_budget)
+    pairs = len(X) * (len(X) + 1) // 2 if symmetric else len(X) * len(Y)
+    warn_if_slow(kernel.estimate, pairs)
     n_gated = len(X) + (0 if symmetric else len(Y))
     parts = {"Gram": 0 if out is not None else len(X) * len(Y) * X.element_size(),
              "one tile": kernel.work_bytes(block, block)}
-    resident = {"gates": kernel.gate_bytes(n_gated)}
+    resident = {"gates": kernel.gate_bytes(n_gated), "max-pool selections": kernel.selection_bytes(n_gated)}
     room = (max_memory if max_memory is not None else available_memory()) - sum(parts.values())
-    if resident["gates"] > room // 2:            # the gates of all inputs do not fit: computed per tile
+    if sum(resident.values()) > room // 2:       # the gates of all inputs do not fit: computed per tile
         resident, kernel.precomputed = {}, False
     preflight("npk_gram", {**parts, **resident}, max_memory)     # before the gates are computed
     if kernel.precomputed:
-        X = (X, kernel.all_gates(X))
-        Y = None if symmetric else (Y, kernel.all_gates(Y))
+        X = (X, kernel.all_gates(X), *kernel.all_selections(X))
+        Y = None if symmetric else (Y, kernel.all_gates(Y), *kernel.all_selections(Y))
     return blocked_gram(kernel, X, None if symmetric else Y, block=block, out=out, checkpoint_dir=checkpoint_dir,
                         scheduler=scheduler, progress=progress, max_memory=max_memory, resident=resident,
                         entry="npk_gram")
 
 
 class NPKTiles(TileKernel):
-    """The NPK as a tile kernel: inputs are X slices, or (X slice, compact gates) when `precomputed`."""
+    """The NPK as a tile kernel: inputs are X slices, or (X slice, compact gates, *max-pool selections as
+    int32) when `precomputed`."""
 
     name = "NPK"
 
@@ -115,41 +122,75 @@ class NPKTiles(TileKernel):
         self.key = {"kernel": "npk", "gates": self.kind, "dtype": str(dtype)}
         self.shapes, self.budget, self.precomputed = gate_shapes(model), memory_budget, True
         self.model_itemsize = next(model.parameters()).element_size()
+        self.pair_bytes = pair_bytes(model, dtype_size(dtype))
+        self.estimate = cost.estimate(model, dtype_size(dtype))
+        self.note = f"est. {self.estimate.ms_per_pair:.3g} ms/pair"
 
     def gate_bytes(self, n: int) -> int:
         return gate_bytes(self.shapes, n, self.kind, self.model_itemsize)
 
     def all_gates(self, X: torch.Tensor):
         """The compact gates of all of X, computed in chunks of about one tile budget of float gates."""
-        per_sample = max(1, gates_per_sample(self.shapes) * self.model_itemsize)
-        return compute_gates(self.model, X, self.kind, rows=max(1, self.budget // per_sample))
+        return compute_gates(self.model, X, self.kind, rows=self._rows())
+
+    def _rows(self) -> int:
+        """Samples per chunk of the gate pass: about one tile budget of float gates."""
+        return max(1, self.budget // max(1, gates_per_sample(self.shapes) * self.model_itemsize))
+
+    def selection_bytes(self, n: int) -> int:
+        """Bytes of the max-pool selections of n samples (int32; at most one per gate)."""
+        return 4 * n * sum(math.prod(s) for s in self.shapes) if self.model.n_pools else 0
+
+    def all_selections(self, X: torch.Tensor) -> list[torch.Tensor]:
+        """The max-pool selections of all of X as int32, computed in chunks like `all_gates`."""
+        rows = self._rows()
+        chunks = [model_selections(self.model, X[r:r + rows]) for r in range(0, len(X), rows)]
+        return [torch.cat(pool).to(torch.int32) for pool in zip(*chunks)]
 
     def prepare(self, xs):
-        X, gates = xs if self.precomputed else (xs, model_gates(self.model, xs, self.kind))
-        return X, LayerGates(gates, self.dtype)
+        if self.precomputed:
+            X, gates, *selections = xs
+            selections = [s.long() for s in selections]
+        else:
+            X, gates, selections = xs, model_gates(self.model, xs, self.kind), model_selections(self.model, xs)
+        return X, LayerGates(gates, self.dtype), selections
 
     def tile(self, fx, fy) -> torch.Tensor:
-        return pair_kernel(self.model, fx[0], fy[0], fx[1], fy[1])
+        return pair_kernel(self.model, fx[0], fy[0], fx[1], fy[1], fx[2], fy[2])
 
     def work_bytes(self, n: int, m: int) -> int:
-        """The pair kernels (the budget) and both sides' float gates."""
-        return self.budget + (n + m) * gates_per_sample(self.shapes) * max(self.model_itemsize, dtype_size(self.dtype))
+        """The pair kernels (the budget, or more where one pair's per-channel kernels need more) and both
+        sides' float gates."""
+        kernels = max(self.budget, n * m * self.pair_bytes)
+        return kernels + (n + m) * gates_per_sample(self.shapes) * max(self.model_itemsize, dtype_size(self.dtype))
+
+
+def warn_if_slow(est: cost.Estimate, pairs: int) -> None:
+    """Print one line (stderr) when the Gram would take more than `cost.WARN_SECONDS`: the estimate and
+    where its cost comes from."""
+    threads = torch.get_num_threads()
+    if est.seconds(pairs, threads) > cost.WARN_SECONDS:
+        print(cost.summary(est, pairs, threads), file=sys.stderr, flush=True)
 
 
 def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[torch.Tensor],
-                gy: Sequence[torch.Tensor]) -> torch.Tensor:
+                gy: Sequence[torch.Tensor], sx: Sequence[torch.Tensor] | None = None,
+                sy: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """NPK of one tile: propagate the input pair kernel through the model's op list.
 
     gx, gy: the gates of X and Y, one float tensor per gated layer, or compact (`npk.kernels.compact`:
     PackedGates / DenseGates, or LayerGates), read as X's dtype, each layer unpacked only when a rule
-    reads it as floats (the fused conv kernel reads the packed bits). A first run of gated convs that the fused
-    conv kernel takes (`npk.kernels.conv_fast`) forms the input pair kernel itself.
+    reads it as floats (the fused conv kernel reads the packed bits). sx, sy: the max-pool selections
+    of X and Y (None: computed here). A first run of gated convs that the fused conv kernel takes
+    (`npk.kernels.conv_fast`) forms the input pair kernel itself.
     """
     gx, gy = (g if isinstance(g, LayerGates) else LayerGates(g, X.dtype) for g in (gx, gy))
-    ctx = GatePair(gx, gy, model_selections(model, X), model_selections(model, Y), graph.channel_plan(model.ops))
+    sx = model_selections(model, X) if sx is None else sx
+    sy = model_selections(model, Y) if sy is None else sy
+    ctx = GatePair(gx, gy, sx, sy, graph.channel_plan(model.ops))
     fused = conv_fast.input_run(model, X, Y, ctx)
-    M, start = fused if fused else (input_kernel(model, X, Y), 0)
-    H = propagate(model.ops[start:], Pair(M, "sum", X.shape[1]), ctx).summed()
+    state, start = fused_state(*fused) if fused else (Pair(input_kernel(model, X, Y), "sum", X.shape[1]), 0)
+    H = propagate(model.ops[start:], state, ctx).summed()
     if not torch.isfinite(H).all():
         raise OverflowError(f"the NPK overflowed {H.dtype}: it sums every path, about prod over layers of "
                             f"(kernel taps x channels / 2), beyond the dtype's range for deep wide nets; "
@@ -191,19 +232,27 @@ class Pair:
     "sum":  M (n, m, *S, *S) is summed over the last unit's channel (after a gate; the input)
     "each": M is the kernel of every one of the C channels (after a weight layer; the sum is C M)
     "chan": M (n * C, m, *S, *S) holds one kernel per channel, sample-major
-    Spatial rules act on M's axes from 2 on, so they read all three the same way.
+    "terms": the channel kernels as a few shared kernels E_k under 0/1 or soft masks A_k, B_k (n / m, C, *S),
+             M_c(i, i') = sum_k A_k(i, c) B_k(i', c) E_k(i, i')   (`terms`: [(E_k, A_k, B_k, hard)]; M unused).
+             A gate multiplies the masks, a residual sum joins the lists, and the channel sum is
+             sum_k E_k * overlap(A_k, B_k): identity shortcuts into ReLUs cost K kernels and K overlaps,
+             not C kernels (K: the branches since the last weight layer)
+    Spatial rules act on M's axes from 2 on, so they read "sum", "each" and "chan" the same way.
     """
 
-    M: torch.Tensor
+    M: torch.Tensor | None
     kind: str
     C: int
     fresh: bool = False     # M is this state's own tensor (no other state reads it): rules may overwrite it
+    terms: list = field(default_factory=list)
 
     def summed(self) -> torch.Tensor:
         if self.kind == "each":
             return self.M * self.C
         if self.kind == "chan":
             return self.M.reshape(-1, self.C, *self.M.shape[1:]).sum(1)
+        if self.kind == "terms":
+            return sum(conv_fast.exact_overlap(A, B, E.dtype, hard).mul_(E) for E, A, B, hard in self.terms)
         return self.M
 
     def per_channel(self) -> torch.Tensor:
@@ -211,7 +260,28 @@ class Pair:
         if self.kind == "sum":
             raise ValueError("the NPK summed this stream's channels already (npk.graph.channel_plan should "
                              "have kept them)")
+        if self.kind == "terms":
+            return self.dense().per_channel()
         return self.M.reshape(-1, self.C if self.kind == "chan" else 1, *self.M.shape[1:])
+
+    def dense(self) -> Pair:
+        """This state with one kernel per channel ("chan") if it is "terms" (itself otherwise)."""
+        if self.kind != "terms":
+            return self
+        E, A, B, _ = self.terms[0]
+        n, m, C, spatial = len(A), len(B), self.C, A.shape[2:]
+        P = math.prod(spatial)
+        M = sum(E.reshape(n, 1, m, P, P) * A.reshape(n, C, 1, P, 1)
+                * B.reshape(m, C, P).transpose(0, 1).reshape(1, C, m, 1, P) for E, A, B, _ in self.terms)
+        return Pair(M.reshape(n * C, m, *spatial, *spatial), "chan", C, fresh=True)
+
+    def as_terms(self) -> list:
+        """The terms of a "terms" or "each" state (an "each" kernel is one term under all-ones masks)."""
+        if self.kind == "terms":
+            return self.terms
+        n, m, d = self.M.shape[0], self.M.shape[1], spatial_dims(self.M)
+        ones = lambda k: self.M.new_ones((k, self.C, *self.M.shape[2:2 + d]))     # noqa: E731
+        return [(self.M, ones(n), ones(m), True)]
 
 
 def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair) -> Pair | torch.Tensor:
@@ -227,29 +297,46 @@ def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair
     while i < len(ops):
         fused = conv_fast.fused_run(ops, i, state.summed(), ctx) if conv_fast.starts_run(ops, i, ctx) else None
         if fused:
-            state, i = Pair(fused[0], "sum", 1), fused[1]
+            state, i = fused_state(*fused)
             continue
         op, i = ops[i], i + 1
         if isinstance(op, graph.MaxPool) and i > 1 and isinstance(ops[i - 2], graph.Gate):
             continue                                # read with its gate (`graph.validate`: always after one)
         if isinstance(op, graph.Gate) and i < len(ops) and isinstance(ops[i], graph.MaxPool):
-            state = gated_select_rule(op, ops[i], state, ctx)
+            state = gated_select_rule(op, ops[i], state, ctx, summed=sums_channels(ops, i + 1))
         elif isinstance(op, graph.Gate):
             state = gate_rule(op, state, ctx)
         elif isinstance(op, graph.Residual):
-            shared = Pair(state.M, state.kind, state.C)     # both branches read it: not fresh
+            shared = replace(state, fresh=False)            # both branches read it: not fresh
             state = _add(propagate(op.skip, shared, ctx), propagate(op.block, shared, ctx))
         elif isinstance(op, graph.Linear):
             state = Pair(pair_rule(op, state.summed(), ctx), "each", op.module.weight.shape[0])
         elif isinstance(op, (graph.Flatten, graph.Readout)):
             state = Pair(pair_rule(op, state.summed(), ctx), "sum", 1)
         else:
+            state = state.dense()
             state = Pair(pair_rule(op, state.M, ctx), state.kind, state.C)
     return state
 
 
+def fused_state(M: torch.Tensor, next_op: int, channels: int) -> tuple[Pair, int]:
+    """The state after a fused conv run (`conv_fast.fused_run`) and where the op list goes on."""
+    return (Pair(M, "each", channels) if channels else Pair(M, "sum", 1)), next_op
+
+
+def sums_channels(ops: Sequence[graph.Op], i: int) -> bool:
+    """Whether the stream at ops[i] is read only through its channel sum: by a weight layer, Flatten or the
+    Readout, after average pools (linear in each channel, they commute with the sum)."""
+    while i < len(ops) and isinstance(ops[i], (graph.AvgPool, graph.GlobalAvgPool)):
+        i += 1
+    return i < len(ops) and isinstance(ops[i], (graph.Linear, graph.Flatten, graph.Readout))
+
+
 def _add(a: Pair, b: Pair) -> Pair:
     """Residual: skip(M) + block(M) (the paths of the two branches are disjoint classes)."""
+    if "terms" in (a.kind, b.kind) and {a.kind, b.kind} <= {"terms", "each"} and a.C == b.C:
+        terms = Pair(None, "terms", a.C, terms=a.as_terms() + b.as_terms())
+        return terms if len(terms.terms) <= a.C else terms.dense()        # more terms than channels: per channel
     if a.kind == b.kind and a.C == b.C:
         return Pair(a.M + b.M, a.kind, a.C, fresh=True)
     if "sum" in (a.kind, b.kind):
@@ -271,15 +358,30 @@ def overlap(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ op rules
 def gate_rule(op: graph.Gate, state: Pair, ctx: GatePair) -> Pair:
-    """M_c(i, i') <- G(i, c) G'(i', c) M_c(i, i'), summed over c unless the plan keeps the channels."""
-    return _gated(state, ctx.gx[op.layer], ctx.gy[op.layer], id(op) in ctx.keep)
+    """M_c(i, i') <- G(i, c) G'(i', c) M_c(i, i'), summed over c unless the plan keeps the channels.
+
+    On shared kernels ("each", "terms") the gates multiply the masks of `Pair`'s "terms": A_k <- G A_k."""
+    gx, gy = ctx.gx[op.layer], ctx.gy[op.layer]
+    if state.kind in ("each", "terms") and (id(op) in ctx.keep or state.kind == "terms"):
+        hard = conv_fast.hard_gates(ctx, [op.layer])
+        terms = Pair(None, "terms", state.C, terms=[(E, A * gx, B * gy, h and hard) for E, A, B, h in state.as_terms()])
+        return terms if id(op) in ctx.keep else Pair(terms.summed(), "sum", 1)
+    return _gated(state, gx, gy, id(op) in ctx.keep)
 
 
-def gated_select_rule(gate: graph.Gate, pool: graph.MaxPool, state: Pair, ctx: GatePair) -> Pair:
+def gated_select_rule(gate: graph.Gate, pool: graph.MaxPool, state: Pair, ctx: GatePair, summed: bool = False) -> Pair:
     """A gate then a max pool, in the cheaper order: select first, then gate at the selected positions,
-    M_c(o, o') <- G(sel_x(o, c), c) G'(sel_x'(o', c), c) M_c(sel_x(o, c), sel_x'(o', c))."""
+    M_c(o, o') <- G(sel_x(o, c), c) G'(sel_x'(o', c), c) M_c(sel_x(o, c), sel_x'(o', c)).
+
+    With `summed` (the next op sums the channels) and one kernel M shared by all channels (after a
+    weight layer), the sum is taken at once at the pooled resolution (`conv_fast.select_sum`):
+    M(o, o') <- sum_c G(sel_x(o, c), c) G'(sel_x'(o', c), c) M(sel_x(o, c), sel_x'(o', c))."""
     sx, sy = ctx.sx[pool.index], ctx.sy[pool.index]
     gx, gy = graph.select(ctx.gx[gate.layer], sx), graph.select(ctx.gy[gate.layer], sy)
+    if summed and state.kind == "each":
+        M = conv_fast.select_sum(state.M, sx, sy, gx, gy)
+        if M is not None:
+            return Pair(M, "sum", 1)
     return _gated(select_rule(pool, state, ctx), gx, gy, keep=True)
 
 
@@ -429,19 +531,50 @@ def _runs(n: int, o: int, circular: bool) -> list[tuple[int, int, int]]:
 
 # ---------------------------------------------------------------------------------- blocking
 def block_size(model: GatedNet, itemsize: int, memory_budget: int) -> int:
-    """Samples per block side so that about 4 pair-kernel-sized tensors fit in `memory_budget` bytes.
+    """Samples per block side so that a tile's pair kernels fit in `memory_budget` bytes (`pair_bytes`)."""
+    return max(1, int(math.sqrt(memory_budget / pair_bytes(model, itemsize))))
 
-    A pair kernel that keeps its channels (`npk.graph.channel_plan`) counts C times.
-    """
-    positions = max([1] + [c * math.prod(s) ** 2 for c, s in _stream_spatial_shapes(model)])
-    per_pair = 4 * itemsize * positions
-    return max(1, int(math.sqrt(memory_budget / per_pair)))
+
+def pair_bytes(model: GatedNet, itemsize: int) -> int:
+    """Peak bytes of one pair's kernels: about 4 tensors of the largest shared pair kernel (P^2 entries),
+    or 2 of the largest per-channel stretch (C P^2: a gate read by a max pool that does not collapse its
+    channels, `collapsed_gates`), whichever is larger. Identity shortcuts keep a few shared kernels
+    (`Pair`'s "terms"), counted as shared."""
+    shared, per_channel = 1, 0
+    for c, s in _stream_spatial_shapes(model):
+        shared, per_channel = (max(shared, math.prod(s) ** 2), per_channel) if c == 1 else \
+            (shared, max(per_channel, c * math.prod(s) ** 2))
+    return itemsize * max(4 * shared, 2 * per_channel)
+
+
+def collapsed_gates(ops: Sequence[graph.Op]) -> set[int]:
+    """Layers of the gates whose channels `gated_select_rule` sums at once with their max pool's selection
+    (a max pool whose stream is read through its channel sum, on a CPU with the extension built)."""
+    if conv_fast.extension() is None:
+        return set()
+    return _pooled_gates(ops, lambda seq, i: sums_channels(seq, i + 2))
+
+
+def _pooled_gates(ops: Sequence[graph.Op], where=lambda seq, i: True) -> set[int]:
+    """Layers of the gates right before a max pool (at ops `where(seq, i)` holds), residual blocks included."""
+    found = set()
+
+    def visit(seq):
+        for i, op in enumerate(seq):
+            if (isinstance(op, graph.Gate) and i + 1 < len(seq) and isinstance(seq[i + 1], graph.MaxPool)
+                    and where(seq, i)):
+                found.add(op.layer)
+            if isinstance(op, graph.Residual):
+                visit(op.block)
+                visit(op.skip)
+
+    visit(ops)
+    return found
 
 
 def _stream_spatial_shapes(model: GatedNet):
     """(channel factor, spatial shape) of the input and of every gate's stream."""
-    keep = graph.channel_plan(model.ops)
-    kept = {op.layer for op in graph.walk(model.ops) if isinstance(op, graph.Gate) and id(op) in keep}
+    kept = _pooled_gates(model.ops) - collapsed_gates(model.ops)
     with torch.no_grad():
         probe = torch.zeros((1, *model.input_shape), dtype=next(model.parameters()).dtype,
                             device=next(model.parameters()).device)
