@@ -15,7 +15,10 @@
 // Within a layer the offset sum is separable: along the columns, T(r, r') = sum_ox of slab (r, r')
 // shifted by (ox, ox); along the rows, sum_oy T(r + oy, r' + oy), summed row by row, multiplied by
 // the overlaps (computed on the fly, never stored) and written once.
-// Plain C ABI (called through ctypes); no torch headers, so it builds in a second.
+// Plain C ABI (called through ctypes); no torch headers, so it builds in a second. The binding
+// (npk/kernels/_native.py) declares every exported function and refuses a library whose
+// npk_conv_abi_version() differs from its own: bump NPK_CONV_ABI with any change of a signature or
+// of the status codes.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -25,7 +28,12 @@
 #include <thread>
 #include <vector>
 
+#define NPK_CONV_ABI 2
+
 namespace {
+
+// Status codes of npk_conv_run_*, one cause each (npk/kernels/_native.py words them).
+enum Status { OK = 0, TOO_MANY_CHANNELS = 1, MIXED_PADDING = 2, KERNEL_TOO_LARGE = 3, NO_CHANNELS = 4 };
 
 struct Layer {
     int kh, kw, circular;
@@ -302,8 +310,10 @@ int run(const T* M_in, const T* x, const T* y, int c0, T* M_out, double* sums, i
     std::vector<Layer> layers(n_layers);
     int kw_max = 1;
     for (int l = 0; l < n_layers; ++l) {
-        if (words[l] < 1 || words[l] > 64 || kh[l] > 63 || kw[l] > 63) return 1;
-        if (circular[l] != circular[0]) return 2;    // zero and circular diagonals differ
+        if (words[l] < 1) return NO_CHANNELS;
+        if (words[l] > 64) return TOO_MANY_CHANNELS;
+        if (kh[l] > 63 || kw[l] > 63) return KERNEL_TOO_LARGE;
+        if (circular[l] != circular[0]) return MIXED_PADDING;    // zero and circular diagonals differ
         layers[l] = Layer{kh[l], kw[l], circular[l], bias[l], words[l], gx[l], gy[l]};
         kw_max = std::max(kw_max, kw[l]);
     }
@@ -330,12 +340,14 @@ int run(const T* M_in, const T* x, const T* y, int c0, T* M_out, double* sums, i
         }
     };
     share<T>(n * m * diags, threads, item);
-    return 0;
+    return OK;
 }
 
 }  // namespace
 
 extern "C" {
+
+int npk_conv_abi_version() { return NPK_CONV_ABI; }
 
 int npk_conv_run_f32(const float* M_in, const float* x, const float* y, int c0, float* M_out, double* sums,
                      int64_t n, int64_t m, int H, int W, int n_layers, const int* kh, const int* kw,

@@ -79,7 +79,7 @@ def test_fails_when_an_npk_rule_is_wrong(monkeypatch):
     assert result.details["gram_error"] > 0.01 and result.details["output_error"] < 1e-10
 
 
-@pytest.mark.skipif(conv_fast.extension() is None, reason="the conv NPK extension is not built (make ext)")
+@pytest.mark.extension
 def test_fails_when_the_fused_conv_kernel_reads_wrong_gates(monkeypatch):
     """The default path for conv nets is checked too: wrongly packed gates must fail the Gram half."""
     model = tiny_conv("zeros")

@@ -17,7 +17,7 @@ from npk.files import atomic_write
 from npk.kernels.store import TileStore
 from npk.models import C4GAP, DGN, ConvDGN
 
-from test_locks import holder as lock_holder
+from helpers import lock_holder
 
 
 class Dot(TileKernel):

@@ -12,7 +12,7 @@ from npk.kernels import npk as npk_module
 from npk.kernels import reference
 from npk.kernels.infinite import expected_npk
 from npk.models.base import GATINGS, GatedNet
-from test_npk_exact import assert_exact, randomize
+from helpers import assert_exact, randomize
 
 CONVS = [  # (kernel, stride, dilation, padding, padding_mode)
     (3, 2, 1, 1, "zeros"), (2, 1, 1, "same", "zeros"), (4, 1, 2, "same", "circular"), (3, 1, 1, "valid", "zeros"),
