@@ -19,5 +19,6 @@ for name in "$@"; do
   echo "$(date -u +%FT%TZ) $name: start"
   ${PYTHON:-python} -m npk.cli run "$experiment" --config "analysis/configs/cifar10-cpu-$name.json" --data-root "$root" --out "$out" \
     --threads 1 --no-progress
-  echo "$(date -u +%FT%TZ) $name: exit $? after $(( $(date +%s) - start )) s"
+  status=$?   # before any $(...) below replaces it
+  echo "$(date -u +%FT%TZ) $name: exit $status after $(( $(date +%s) - start )) s"
 done

@@ -79,7 +79,7 @@ def conv_net(d: int, padding: str, bias: bool, head: str, k: int) -> list:
 
 
 # ----------------------------------------------------------------------------------- processes
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]           # the repository: subprocesses import npk from here
 
 
 def lock_holder(path):

@@ -17,6 +17,7 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid_even_in_one_process(
     assert not (tmp_path / "lock").exists() and not running(tmp_path / "lock")
 
 
+@pytest.mark.slow
 def test_a_killed_holders_lock_is_taken_over_and_names_it(tmp_path):
     proc = lock_holder(tmp_path / "lock")
     try:
