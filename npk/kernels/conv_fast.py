@@ -5,7 +5,7 @@ odd kernel, 'same' zero or circular padding). Each layer of a run maps the pair 
 
     M'(i, i') = ov(i, i') * (b + sum_o M(i + o, i' + o)),    ov(i, i') = sum_c G(x)(i, c) G(x')(i', c)
 
-(the conv and gate rules of `npk.kernels.npk`, fused). Every other op, and any conv this module does
+(the conv and gate rules of `npk.kernels.rules`, fused). Every other op, and any conv this module does
 not handle, goes to the generic rules, so a new op needs no change here. Two backends:
 
 - `extension` (CPU, hard 0/1 gates, float32 / float64): the C++ kernel of `csrc/conv_npk.cpp`, built
@@ -50,6 +50,7 @@ import torch
 
 from .. import graph
 from . import _native, compact
+from .rules import conv_sum, overlap
 
 BACKENDS = ("auto", "extension", "torch", "off")
 _state = {"backend": os.environ.get("NPK_CONV_BACKEND", "auto")}       # the default, e.g. for a whole test run
@@ -243,7 +244,6 @@ def _run_extension(ops, start: int, convs, layers, ctx, M: torch.Tensor | None =
 
 # ----------------------------------------------------------------------------------- torch backend
 def _run_torch(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
-    from .npk import conv_sum
     hard = hard_gates(ctx, layers)
     for conv, l in zip(convs, layers):
         M = conv_sum(M, conv.axes)
@@ -273,7 +273,6 @@ def exact_overlap(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype, hard: bo
         tensor([[300., 300.],
                 [300., 300.]])
     """
-    from .npk import overlap
     low = low or (torch.float16 if A.device.type == "cuda" else torch.bfloat16)
     if not hard:
         return overlap(A.to(dtype), B.to(dtype))

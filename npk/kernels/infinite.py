@@ -46,7 +46,8 @@ import torch
 from .. import graph
 from ..models.base import GatedNet, check_input
 from .gram import TileKernel, blocked_gram
-from .npk import DEFAULT_MEMORY_BUDGET, block_size, conv_sum, overlap, pair_rule
+from .npk import DEFAULT_MEMORY_BUDGET, block_size
+from .rules import conv_sum, overlap, pair_rule
 
 KINDS = ("ntk", "nngp")
 
