@@ -23,9 +23,10 @@ install: torch
 install-test: torch
 	$(PIP) install --quiet -e ".[dev,ntref,dist]"
 
-# Rebuild the kernel in place after editing csrc/conv_npk.cpp (the same build as `pip install`).
+# Rebuild the kernel in place after editing csrc/conv_npk.cpp (the build of `pip install`, in its own
+# build environment: setuptools>=68 whatever the venv holds).
 ext: $(PY)
-	$(PY) setup.py --quiet build_ext --inplace
+	$(PIP) install --quiet --no-deps -e .
 
 demo: install
 	$(VENV)/bin/npk demo --force
