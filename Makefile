@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-test demo test bench data clean ext
+.PHONY: torch install install-test demo test test-quick bench data clean ext
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -13,22 +13,20 @@ $(PY):
 
 # torch first, pinned to the CPU build on disk, and only when it is missing:
 # an unpinned torch would pull a multi-GB CUDA build.
-install: $(PY)
+torch: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==$(TORCH_VERSION)
+
+# The package build compiles the C++ conv NPK kernel (setup.py); without a compiler npk uses its torch rules.
+install: torch
 	$(PIP) install --quiet -e .
-	@$(MAKE) --no-print-directory ext
 
-# The C++ kernel of the exact conv NPK (npk/kernels/conv_fast.py), for this machine's CPU; best effort:
-# without it (no g++) npk uses its pure-torch rules.
-CXX ?= g++
-EXT := npk/kernels/_conv_npk.so
-ext: $(EXT)
-$(EXT): csrc/conv_npk.cpp
-	@$(CXX) -O3 -fno-tree-loop-distribute-patterns -march=native -pthread -shared -fPIC -o $@ $< || \
-	  (rm -f $@; echo "note: the conv NPK extension did not build; npk falls back to its torch rules")
-
-install-test: install
+install-test: torch
 	$(PIP) install --quiet -e ".[dev,ntref,dist]"
+
+# Rebuild the kernel in place after editing csrc/conv_npk.cpp (the build of `pip install`, in its own
+# build environment: setuptools>=68 whatever the venv holds).
+ext: $(PY)
+	$(PIP) install --quiet --no-deps -e .
 
 demo: install
 	$(VENV)/bin/npk demo --force
@@ -44,10 +42,14 @@ data:
 test: install-test data
 	$(PY) -m pytest -q tests
 
+# The suite without the tests marked slow (notebooks, killed processes, Dask clusters).
+test-quick: install-test
+	$(PY) -m pytest -q -m "not slow" tests
+
 bench: install-test
 	$(PY) benchmarks/npk_fc.py
 	$(PY) benchmarks/conv_npk.py
 	$(PY) benchmarks/ntk.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info runs $(EXT)
+	rm -rf $(VENV) build *.egg-info runs npk/kernels/_conv_npk*.so

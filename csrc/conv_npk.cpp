@@ -17,7 +17,10 @@
 // the overlaps (computed on the fly, never stored) and written once.
 // A layer with 0 gate words is an ungated conv (the last of a run whose gate a max pool reads);
 // npk_select_sum_* then applies gate, max pool and the next layer's channel sum at the pooled resolution.
-// Plain C ABI (called through ctypes); no torch headers, so it builds in a second.
+// Plain C ABI (called through ctypes); no torch headers, so it builds in a second. The binding
+// (npk/kernels/_native.py) declares every exported function and refuses a library whose
+// npk_conv_abi_version() differs from its own: bump NPK_CONV_ABI with any change of a signature or
+// of the status codes.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -27,7 +30,13 @@
 #include <thread>
 #include <vector>
 
+#define NPK_CONV_ABI 3
+
 namespace {
+
+// Status codes of npk_conv_run_*, one cause each (npk/kernels/_native.py words them).
+enum Status { OK = 0, TOO_MANY_CHANNELS = 1, MIXED_PADDING = 2, KERNEL_TOO_LARGE = 3, NO_CHANNELS = 4,
+               EMPTY_SELECTION = 5 };
 
 struct Layer {
     int kh, kw, circular;
@@ -306,8 +315,10 @@ int run(const T* M_in, const T* x, const T* y, int c0, T* M_out, double* sums, i
     std::vector<Layer> layers(n_layers);
     int kw_max = 1;
     for (int l = 0; l < n_layers; ++l) {
-        if (words[l] < 0 || words[l] > 64 || kh[l] > 63 || kw[l] > 63) return 1;
-        if (circular[l] != circular[0]) return 2;    // zero and circular diagonals differ
+        if (words[l] < 0) return NO_CHANNELS;     // 0 words: an ungated conv (see above)
+        if (words[l] > 64) return TOO_MANY_CHANNELS;
+        if (kh[l] > 63 || kw[l] > 63) return KERNEL_TOO_LARGE;
+        if (circular[l] != circular[0]) return MIXED_PADDING;    // zero and circular diagonals differ
         layers[l] = Layer{kh[l], kw[l], circular[l], bias[l], words[l], gx[l], gy[l]};
         kw_max = std::max(kw_max, kw[l]);
     }
@@ -334,7 +345,7 @@ int run(const T* M_in, const T* x, const T* y, int c0, T* M_out, double* sums, i
         }
     };
     share<T>(n * m * diags, threads, item);
-    return 0;
+    return OK;
 }
 
 // M_out(p, p') = sum_c gx(c, p) gy(c, p') M(sx(c, p), sy(c, p')) for each pair: a gate, the max pool
@@ -345,7 +356,7 @@ int run(const T* M_in, const T* x, const T* y, int c0, T* M_out, double* sums, i
 template <typename T>
 int select_sum(const T* M, int64_t n, int64_t m, int64_t P, int64_t Q, int C, const int32_t* sx, const int32_t* sy,
                const T* gx, const T* gy, T* M_out, int threads) {
-    if (C < 1 || P < 1 || Q < 1) return 1;
+    if (C < 1 || P < 1 || Q < 1) return EMPTY_SELECTION;
     constexpr int64_t ROWS = 16;
     const int64_t blocks = (Q + ROWS - 1) / ROWS;
     auto item = [&](int64_t it, Buffers<T>&) {
@@ -367,7 +378,7 @@ int select_sum(const T* M, int64_t n, int64_t m, int64_t P, int64_t Q, int C, co
         }
     };
     share<T>(n * m * blocks, threads, item);
-    return 0;
+    return OK;
 }
 
 }  // namespace
@@ -384,6 +395,7 @@ int npk_select_sum_f64(const double* M, int64_t n, int64_t m, int64_t P, int64_t
     return select_sum(M, n, m, P, Q, C, sx, sy, gx, gy, M_out, threads);
 }
 
+int npk_conv_abi_version() { return NPK_CONV_ABI; }
 
 int npk_conv_run_f32(const float* M_in, const float* x, const float* y, int c0, float* M_out, double* sums,
                      int64_t n, int64_t m, int H, int W, int n_layers, const int* kh, const int* kw,

@@ -15,8 +15,8 @@ A gated network is a short list of ops acting on one stream (the value stream):
 
 The same list is read five ways; `RULES` names, for each op, where each reading's rule lives:
     forward      `run` here (and the gating network's readings in `npk.models.base`)
-    npk          `npk.kernels.npk.pair_rule` / `propagate` (the exact NPK)
-    expected     `npk.kernels.infinite` (the expected kernel), or the error raised where none has a closed form
+    npk          `npk.kernels.rules.pair_rule` / `npk.kernels.npk.propagate` (the exact NPK)
+    expected     `npk.kernels.infinite.expected_rule` (the expected kernel), or a refusal in its `REFUSED`
     reference    `npk.kernels.reference._step` (brute-force path enumeration, the ground truth)
     ntk          `npk.kernels.ntk_structured` (weight layers' patches; other ops only route cotangents)
 A new kind of layer is a new op class here plus one entry per reading in `RULES`; a test checks
@@ -256,29 +256,29 @@ OnSelect = Callable[[MaxPool, torch.Tensor], torch.Tensor]
 
 # The checklist: every op's rule in each reading ("module: function"; "error: ..." where none exists).
 RULES: dict[type, dict[str, str]] = {
-    Linear: {"forward": "graph: Linear.forward", "npk": "kernels.npk: pair_rule(Linear) (conv_sum)",
-             "expected": "kernels.infinite: _linear_moments + pair_rule(Linear)",
+    Linear: {"forward": "graph: Linear.forward", "npk": "kernels.rules: pair_rule(Linear) (conv_sum)",
+             "expected": "kernels.infinite: expected_rule(Linear) (_linear_moments)",
              "reference": "kernels.reference: _step(Linear)", "ntk": "kernels.ntk_structured: _patches"},
-    Gate: {"forward": "graph: run -> on_gate", "npk": "kernels.npk: gate_rule",
-           "expected": "kernels.infinite: _expected_block (expected overlap)",
+    Gate: {"forward": "graph: run -> on_gate", "npk": "kernels.rules: gate_rule",
+           "expected": "kernels.infinite: expected_rule(Gate) (expected overlap)",
            "reference": "kernels.reference: _step(Gate)", "ntk": "no weights: cotangents flow through the gate"},
-    AvgPool: {"forward": "graph: AvgPool.forward", "npk": "kernels.npk: pair_rule(AvgPool)",
-              "expected": "kernels.infinite: pair_rule(AvgPool)", "reference": "kernels.reference: _step(AvgPool)",
+    AvgPool: {"forward": "graph: AvgPool.forward", "npk": "kernels.rules: pair_rule(AvgPool)",
+              "expected": "kernels.infinite: expected_rule(AvgPool)", "reference": "kernels.reference: _step(AvgPool)",
               "ntk": "no weights: linear, cotangents flow through"},
-    MaxPool: {"forward": "graph: run -> on_select (MaxPool.pool / select)", "npk": "kernels.npk: select_rule (gated_select_rule after a Gate; conv_fast.select_sum)",
-              "expected": "error: kernels.infinite.expected_npk refuses MaxPool (no closed form)",
+    MaxPool: {"forward": "graph: run -> on_select (MaxPool.pool / select)", "npk": "kernels.rules: select_rule (gated_select_rule after a Gate; conv_fast.select_sum)",
+              "expected": "error: kernels.infinite.REFUSED[MaxPool] (no closed form)",
               "reference": "kernels.reference: _step(MaxPool)", "ntk": "no weights: cotangents flow through select"},
-    GlobalAvgPool: {"forward": "graph: GlobalAvgPool.forward", "npk": "kernels.npk: pair_rule(GlobalAvgPool)",
-                    "expected": "kernels.infinite: pair_rule(GlobalAvgPool)",
+    GlobalAvgPool: {"forward": "graph: GlobalAvgPool.forward", "npk": "kernels.rules: pair_rule(GlobalAvgPool)",
+                    "expected": "kernels.infinite: expected_rule(GlobalAvgPool)",
                     "reference": "kernels.reference: _step(GlobalAvgPool)", "ntk": "no weights"},
-    Flatten: {"forward": "graph: Flatten.forward", "npk": "kernels.npk: pair_rule(Flatten)",
-              "expected": "kernels.infinite: _shape_moments", "reference": "kernels.reference: _step(Flatten)",
+    Flatten: {"forward": "graph: Flatten.forward", "npk": "kernels.rules: pair_rule(Flatten)",
+              "expected": "kernels.infinite: expected_rule(Flatten) (_shape_moments)", "reference": "kernels.reference: _step(Flatten)",
               "ntk": "no weights"},
     Residual: {"forward": "graph: run (skip + block)", "npk": "kernels.npk: propagate (skip + block)",
-               "expected": "error: kernels.infinite.expected_npk refuses Residual (depends on the init scaling)",
+               "expected": "error: kernels.infinite.REFUSED[Residual] (depends on the init scaling)",
                "reference": "kernels.reference: _step(Residual)", "ntk": "no weights: both branches' layers"},
-    Readout: {"forward": "graph: Readout.forward", "npk": "kernels.npk: pair_rule(Readout)",
-              "expected": "kernels.infinite: pair_rule(Readout)", "reference": "kernels.reference: _readout",
+    Readout: {"forward": "graph: Readout.forward", "npk": "kernels.rules: pair_rule(Readout)",
+              "expected": "kernels.infinite: expected_rule(Readout)", "reference": "kernels.reference: _readout",
               "ntk": "kernels.ntk_structured: _patches (dense)"},
 }
 READINGS = ("forward", "npk", "expected", "reference", "ntk")

@@ -87,7 +87,7 @@ def versions() -> dict:
     import sklearn
     import torch
 
-    import npk
+    from ._version import __version__
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -95,7 +95,7 @@ def versions() -> dict:
     except OSError:
         pass
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return {"python": sys.version.split()[0], "npk": npk.__version__, "torch": torch.__version__,
+    return {"python": sys.version.split()[0], "npk": __version__, "torch": torch.__version__,
             "numpy": np.__version__, "scipy": scipy.__version__, "sklearn": sklearn.__version__,
             "matplotlib": matplotlib.__version__, "platform": platform.platform(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -1,30 +1,27 @@
 """The fused rules for runs of gated convs (npk.kernels.conv_fast), each backend exact to 1e-10 in float64.
 
-"extension" is the C++ kernel (skipped when it is not built), "torch" the any-device path run on the
-CPU. The generic rules are tested in test_npk_exact.py, which runs the default ("auto") backend.
+"extension" is the C++ kernel (marked `extension`: skipped when it is not built, failed under
+NPK_REQUIRE_EXT=1), "torch" the any-device path run on the CPU. The generic rules are tested in
+test_npk_exact.py, which runs the default ("auto") backend. The binding itself: test_native.py.
 """
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from npk import graph
-from npk.kernels import compact, conv_fast
+from npk.kernels import _native, compact, conv_fast
 from npk.kernels.npk import kernel_gates, npk_gram, pair_kernel
 from npk.models.conv import C4GAP, ConvDLGN, ConvDNN
 from npk.models.trace import from_module
 from npk.theory.duality import relative_error
-from test_npk_exact import TOL, assert_exact, conv, conv_net, dense, inputs, randomize, tiny
+from helpers import TOL, assert_exact, conv, conv_net, dense, inputs, randomize, tiny
 
-BUILT = conv_fast.extension() is not None
-
-
-@pytest.fixture(params=["extension", "torch"])
+@pytest.fixture(params=[pytest.param("extension", marks=pytest.mark.extension), "torch"])
 def backend(request):
-    if request.param == "extension" and not BUILT:
-        pytest.skip("the conv NPK extension is not built (make ext)")
     with conv_fast.backend(request.param):
         yield request.param
 
@@ -60,9 +57,8 @@ def test_soft_gates_take_the_torch_rules_and_are_exact():
     for name in ("auto", "torch"):
         with conv_fast.backend(name):
             assert_exact(model)
-    if BUILT:
-        with conv_fast.backend("extension"), pytest.raises(RuntimeError, match="hard 0/1 gates"):
-            npk_gram(model, inputs(model.input_shape, 2, 0))
+    with conv_fast.backend("extension"), pytest.raises(RuntimeError, match="hard 0/1 gates"):
+        npk_gram(model, inputs(model.input_shape, 2, 0))
 
 
 @pytest.mark.parametrize("width", [64, 70, 130])
@@ -88,10 +84,8 @@ def test_float32_is_within_1e_6_of_float64(backend):
     assert relative_error(H32.double(), H64) < 1e-6
 
 
-@pytest.mark.parametrize("name", ["auto", "extension", "torch", "off"])
+@pytest.mark.parametrize("name", ["auto", pytest.param("extension", marks=pytest.mark.extension), "torch", "off"])
 def test_bool_and_uint8_gates_give_the_float_gates_kernel(name):
-    if name == "extension" and not BUILT:
-        pytest.skip("the conv NPK extension is not built (make ext)")
     model = randomize(ConvDNN(2, [3, 2], padding="zero", pooling="gap", d_out=2, input_size=4, bias=True), seed=26)
     X, Y = inputs(model.input_shape, 4, 0), inputs(model.input_shape, 3, 1)
     gx, gy = kernel_gates(model, X, None), kernel_gates(model, Y, None)
@@ -103,15 +97,20 @@ def test_bool_and_uint8_gates_give_the_float_gates_kernel(name):
             assert relative_error(got, want) < 1e-14
 
 
-def test_without_the_extension_auto_falls_back_and_extension_says_how_to_build(monkeypatch):
-    monkeypatch.setitem(conv_fast._state, "lib", None)
+def test_without_the_extension_auto_falls_back_saying_so_once_and_extension_says_how_to_build(monkeypatch):
+    monkeypatch.delenv("NPK_REQUIRE_EXT", raising=False)
+    monkeypatch.setattr(_native, "_state", {"lib": None, "why": "no build of it (planted)"})
     model = randomize(ConvDNN(2, [2, 2], padding="zero", pooling="gap", d_out=2, input_size=4), seed=27)
-    assert_exact(model)
-    with conv_fast.backend("extension"), pytest.raises(RuntimeError, match="make install"):
-        npk_gram(model, inputs(model.input_shape, 2, 0))
+    with pytest.warns(RuntimeWarning, match=r"no build of it \(planted\); conv NPK Grams use the slower torch rules"):
+        assert_exact(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # said once: no second warning
+        assert_exact(model)
+        with conv_fast.backend("extension"), pytest.raises(RuntimeError, match=r"pip install \."):
+            npk_gram(model, inputs(model.input_shape, 2, 0))
 
 
-@pytest.mark.skipif(not BUILT, reason="the conv NPK extension is not built (make ext)")
+@pytest.mark.extension
 def test_zero_padding_after_circular_on_the_same_shape_reuses_no_stale_halo():
     X = inputs((2, 4, 4), 3, 0)
     models = [randomize(ConvDNN(2, [3, 2], padding=p, pooling="flatten", d_out=2, input_size=4), seed=29)
@@ -123,7 +122,7 @@ def test_zero_padding_after_circular_on_the_same_shape_reuses_no_stale_halo():
             assert relative_error(H, npk_gram(m, X)) < 1e-14
 
 
-@pytest.mark.skipif(not BUILT, reason="the conv NPK extension is not built (make ext)")
+@pytest.mark.extension
 def test_single_pair_blocks_on_two_threads_share_the_diagonals():
     """Two threads share the diagonals of one pair (1-sample blocks)."""
     model = randomize(ConvDNN(2, [3, 2], padding="circular", pooling="gap", d_out=2, input_size=(4, 5), bias=True),
@@ -159,7 +158,7 @@ def test_convs_the_kernel_does_not_handle_go_to_the_generic_rules():
             pass
 
 
-@pytest.mark.skipif(conv_fast.extension() is None, reason="the conv NPK extension is not built (make ext)")
+@pytest.mark.extension
 def test_the_kernel_reads_npk_grams_packed_gates_without_unpacking_them(monkeypatch):
     """npk_gram keeps hard gates packed; the fused kernel reads their words, never the float gates."""
     model, X = C4GAP("dnn", in_channels=1, input_size=6, width=8).double(), torch.randn(5, 1, 6, 6, dtype=torch.float64)

@@ -8,7 +8,7 @@ from torch import nn
 
 from npk import graph
 from npk.kernels import compact, conv_fast
-from npk.kernels import npk as npk_module
+from npk.kernels import rules
 from npk.models.base import GatedNet
 from npk.models.fc import DLGN, DNN
 from npk.theory.duality import duality
@@ -70,8 +70,8 @@ def test_fails_when_an_npk_rule_is_wrong(monkeypatch):
     """
     model = tiny_conv("zeros")
     assert duality(model, data((2, 5))).passed
-    conv_sum = npk_module.conv_sum
-    monkeypatch.setattr(npk_module, "conv_sum",
+    conv_sum = rules.conv_sum
+    monkeypatch.setattr(rules, "conv_sum",
                         lambda M, axes: conv_sum(M, [dataclasses.replace(a, circular=True) for a in axes]))
     monkeypatch.setitem(conv_fast._state, "backend", "off")
     result = duality(model, data((2, 5)))
@@ -79,7 +79,7 @@ def test_fails_when_an_npk_rule_is_wrong(monkeypatch):
     assert result.details["gram_error"] > 0.01 and result.details["output_error"] < 1e-10
 
 
-@pytest.mark.skipif(conv_fast.extension() is None, reason="the conv NPK extension is not built (make ext)")
+@pytest.mark.extension
 def test_fails_when_the_fused_conv_kernel_reads_wrong_gates(monkeypatch):
     """The default path for conv nets is checked too: wrongly packed gates must fail the Gram half."""
     model = tiny_conv("zeros")

@@ -17,7 +17,7 @@ from npk.files import atomic_write
 from npk.kernels.store import TileStore
 from npk.models import C4GAP, DGN, ConvDGN
 
-from test_locks import holder as lock_holder
+from helpers import lock_holder
 
 
 class Dot(TileKernel):
@@ -215,6 +215,7 @@ def test_a_corrupt_tile_is_recomputed_with_a_warning_naming_its_file(tmp_path, d
     assert torch.equal(again, H)
 
 
+@pytest.mark.slow
 def test_a_store_in_use_by_a_live_process_is_refused_and_a_dead_ones_claim_is_taken_over(tmp_path):
     model, X = conv_model(), images(5)
     holder = lock_holder(tmp_path / "lock")

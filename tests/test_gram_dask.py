@@ -28,6 +28,7 @@ def model_and_inputs(n=24):
     return model, X
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_changes_nothing_bit_for_bit(cluster, tmp_path, monkeypatch):
     _, client = cluster
     model, X = model_and_inputs()
@@ -52,6 +53,7 @@ def test_a_worker_killed_mid_run_changes_nothing_bit_for_bit(cluster, tmp_path, 
     assert torch.equal(npk_gram(model, X, checkpoint_dir=tmp_path, **options), serial)
 
 
+@pytest.mark.slow
 def test_tiles_from_the_cluster_fill_an_out_file_and_its_store(cluster, tmp_path):
     _, client = cluster
     model, X = model_and_inputs(8)
@@ -61,6 +63,7 @@ def test_tiles_from_the_cluster_fill_an_out_file_and_its_store(cluster, tmp_path
     assert torch.equal(H, serial) and len(list((tmp_path / "store").glob("tile_*.pt"))) == 4 * 5 // 2
 
 
+@pytest.mark.slow
 def test_a_scheduler_address_works_like_a_client_for_the_ntk(cluster):
     local, _ = cluster
     model, X = model_and_inputs(6)

@@ -81,6 +81,7 @@ def test_stored_without_outputs(name):
     assert all(cell.execution_count is None and cell.outputs == [] for cell in code_cells(nb))
 
 
+@pytest.mark.slow
 def test_dual_view(execute):
     nb = execute("01_dual_view.ipynb")
     check_ran(nb, n_figures=3)
@@ -93,6 +94,7 @@ def test_dual_view(execute):
     assert r["digits_cosine"]["within_class"] > r["digits_cosine"]["between_class"] + 0.1
 
 
+@pytest.mark.slow
 def test_conv_pooling_skips(execute):
     nb = execute("02_conv_pooling_skips.ipynb")
     check_ran(nb, n_figures=3)
@@ -107,6 +109,7 @@ def test_conv_pooling_skips(execute):
     assert ensemble["share_sum"] == pytest.approx(1, abs=1e-10)
 
 
+@pytest.mark.slow
 def test_kernels_vs_network(execute):
     nb = execute("03_kernels_vs_network.ipynb")
     check_ran(nb, n_figures=2)
@@ -119,6 +122,7 @@ def test_kernels_vs_network(execute):
     assert ntk["passed"] and abs(ntk["ratio_mean"] - 1) < 0.1 and abs(ntk["slope"] + 0.5) <= 0.15
 
 
+@pytest.mark.slow
 def test_your_own_model(execute):
     nb = execute("04_your_own_model.ipynb")
     check_ran(nb, n_figures=1)

@@ -9,10 +9,10 @@ from torch import nn
 
 from npk import graph
 from npk.kernels import npk as npk_module
-from npk.kernels import reference
+from npk.kernels import infinite, reference
 from npk.kernels.infinite import expected_npk
 from npk.models.base import GATINGS, GatedNet
-from test_npk_exact import assert_exact, randomize
+from helpers import assert_exact, randomize
 
 CONVS = [  # (kernel, stride, dilation, padding, padding_mode)
     (3, 2, 1, 1, "zeros"), (2, 1, 1, "same", "zeros"), (4, 1, 2, "same", "circular"), (3, 1, 1, "valid", "zeros"),
@@ -162,7 +162,8 @@ def test_every_op_has_a_rule_in_every_reading():
     channel_aware = (graph.Gate, graph.MaxPool, graph.Residual)
     missing_npk = [op for op in graph.OPS if op not in npk_module.pair_rule.registry and op not in channel_aware]
     missing_ref = [op for op in graph.OPS if op not in reference._step.registry and op is not graph.Readout]
-    assert not missing_npk and not missing_ref, (missing_npk, missing_ref)
+    missing_expected = [op for op in graph.OPS if op not in infinite.expected_rule.registry and op not in infinite.REFUSED]
+    assert not missing_npk and not missing_ref and not missing_expected, (missing_npk, missing_ref, missing_expected)
     assert all(hasattr(op, "forward") or op in (graph.Gate, graph.Residual) for op in graph.OPS)
     for op, readings in graph.RULES.items():      # every "module: function" entry names a real function
         for reading, where in readings.items():
@@ -179,6 +180,23 @@ def test_the_checklist_test_fails_for_an_op_without_rules(monkeypatch):
     monkeypatch.setattr(graph, "OPS", graph.OPS + (Stretch,))
     with pytest.raises(AssertionError, match="Stretch"):
         test_every_op_has_a_rule_in_every_reading()
+
+
+def test_the_checklist_test_fails_for_an_op_with_every_rule_but_the_expected_one(monkeypatch):
+    """A planted op with its checklist entries, an NPK rule and a reference step, but no expected rule: the
+    checklist fails, and expected_npk refuses it by name instead of running its NPK rule."""
+    class Stretch:                              # a GlobalAvgPool by another name
+        forward = graph.GlobalAvgPool.forward
+
+    monkeypatch.setattr(graph, "OPS", graph.OPS + (Stretch,))
+    monkeypatch.setitem(graph.RULES, Stretch, graph.RULES[graph.GlobalAvgPool])
+    for reading in (npk_module.pair_rule, reference._step):    # a local class: registering it leaks nothing
+        reading.register(Stretch, reading.registry[graph.GlobalAvgPool])
+    with pytest.raises(AssertionError, match=r"\[\], \[\], \[<class .*Stretch'>\]"):
+        test_every_op_has_a_rule_in_every_reading()
+    model = model_of([conv(1, 1, 2), graph.Gate(0), Stretch(), graph.Readout(nn.Linear(2, 1))], (1, 4), "relu")
+    with pytest.raises(TypeError, match="expected_npk has no rule for op .*Stretch"):
+        expected_npk(model, torch.randn(2, 1, 4, dtype=torch.float64))
 
 
 # ------------------------------------------------------------------------------ gating as an argument

@@ -71,6 +71,7 @@ def stop_tiny(out, **overrides):
     return json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_changed_value_recomputes_only_the_stages_that_read_it(tmp_path):
     out = tmp_path / "run"
     first = stop_tiny(out)
@@ -90,6 +91,7 @@ def test_a_changed_value_recomputes_only_the_stages_that_read_it(tmp_path):
     assert forced["acc"] == third["acc"]
 
 
+@pytest.mark.slow
 def test_npk_evolution_with_a_changed_n_kernel_matches_a_fresh_run_and_reuses_the_training(tmp_path, monkeypatch):
     """The issue's case: an interrupted n_kernel = 60 run, rerun with n_kernel = 40."""
     settings = dict(multiclass=False, epochs=2)
@@ -266,6 +268,7 @@ def stop_when(proc, folder, n_files, sig, meanwhile=lambda: None):
     return proc.communicate(timeout=60)
 
 
+@pytest.mark.slow
 def test_sigkill_then_sigint_then_a_rerun_give_the_uninterrupted_numbers(tmp_path, capsys):
     out = tmp_path / "run"
     first = npk_command(out)

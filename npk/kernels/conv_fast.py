@@ -5,11 +5,11 @@ odd kernel, 'same' zero or circular padding). Each layer of a run maps the pair 
 
     M'(i, i') = ov(i, i') * (b + sum_o M(i + o, i' + o)),    ov(i, i') = sum_c G(x)(i, c) G(x')(i', c)
 
-(the conv and gate rules of `npk.kernels.npk`, fused). Every other op, and any conv this module does
+(the conv and gate rules of `npk.kernels.rules`, fused). Every other op, and any conv this module does
 not handle, goes to the generic rules, so a new op needs no change here. Two backends:
 
 - `extension` (CPU, hard 0/1 gates, float32 / float64): the C++ kernel of `csrc/conv_npk.cpp`, built
-  by `make install` as `npk/kernels/_conv_npk*.so`. Gates are bit-packed, 64 channels a word (the
+  by the package build and loaded by `npk.kernels._native`. Gates are bit-packed, 64 channels a word (the
   words of `npk.kernels.compact`'s packed gates, which `npk_gram` keeps for all inputs), so an
   overlap is ceil(C / 64) ANDs and popcounts, exact in integers, computed where it is used and never
   stored. The offset sum and the gate product both keep i' - i's row offset fixed, so each diagonal
@@ -51,13 +51,13 @@ import contextlib
 import ctypes
 import math
 import os
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
 from .. import graph
-from . import compact
+from . import _native, compact
+from .offsets import conv_sum, overlap
 
 BACKENDS = ("auto", "extension", "torch", "off")
 _state = {"backend": os.environ.get("NPK_CONV_BACKEND", "auto")}       # the default, e.g. for a whole test run
@@ -89,20 +89,8 @@ def backend(name: str) -> Iterator[None]:
 
 
 def extension() -> ctypes.CDLL | None:
-    """The compiled kernel, or None when it is not built (`make install` builds it) or fails to load."""
-    if "lib" not in _state:
-        _state["lib"] = None
-        for path in sorted(Path(__file__).parent.glob("_conv_npk*.so")):
-            try:
-                lib = ctypes.CDLL(str(path))
-            except OSError:
-                continue
-            for name in ("npk_conv_run_f32", "npk_conv_run_f64", "npk_select_sum_f32", "npk_select_sum_f64"):
-                getattr(lib, name).restype = ctypes.c_int
-            lib.npk_and_popcount.restype = ctypes.c_int64
-            _state["lib"] = lib
-            break
-    return _state["lib"]
+    """The compiled kernel (`npk.kernels._native`), or None (said once) when it is not built or not usable."""
+    return _native.library()
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -223,7 +211,7 @@ def _plan(ops, start: int, like: torch.Tensor, ctx) -> tuple[list, list[int], tu
     use_ext = name in ("auto", "extension") and _extension_applies(like, ctx, layers)
     if name == "extension" and not use_ext:
         raise RuntimeError("the conv NPK extension cannot run here: it needs a CPU float32/float64 pair kernel, "
-                           "hard 0/1 gates and the built library (run `make install`)")
+                           "hard 0/1 gates and the built library (reinstall npk with a C++ compiler: pip install .)")
     return convs, layers, spatial, use_ext
 
 
@@ -275,8 +263,7 @@ def _run_extension(ops, start: int, convs, layers, spatial, ctx, M: torch.Tensor
                 ints([k[-1] for k in kernel]), ints([int(c.circular) for c in convs]),
                 (ctypes.c_double * L)(*[float(c.has_bias) for c in convs]), ints([g.shape[1] for g in gx]),
                 ptrs(gx), ptrs(gy), torch.get_num_threads())
-    if status:
-        raise RuntimeError(f"the conv NPK extension failed (status {status}): more than 4,096 channels in a layer?")
+    _native.check(status)
     C = _channels(convs, layers)
     if reduce:
         return (sums.sum(-1) / math.prod(spatial) ** 2).to(ref.dtype), end + 1, C
@@ -328,7 +315,6 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
 
 # ----------------------------------------------------------------------------------- torch backend
 def _run_torch(convs, layers, M: torch.Tensor, ctx) -> torch.Tensor:
-    from .npk import conv_sum
     hard = hard_gates(ctx, layers)
     for j, conv in enumerate(convs):
         M = conv_sum(M, conv.axes)
@@ -359,7 +345,6 @@ def exact_overlap(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype, hard: bo
         tensor([[300., 300.],
                 [300., 300.]])
     """
-    from .npk import overlap
     low = low or (torch.float16 if A.device.type == "cuda" else torch.bfloat16)
     if not hard:
         return overlap(A.to(dtype), B.to(dtype))

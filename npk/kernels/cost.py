@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .. import graph
+from .rules import collapsed_gates, sums_channels
 
 # nanoseconds per entry in float32 (float64: x 2, memory bound), one thread, on a machine shared with other jobs
 NS = {"fused": 0.15, "generic": 0.5, "select": 0.5, "channels": 3.0, "overlap": 0.02, "shape": 0.3}
@@ -57,7 +58,6 @@ def estimate(model, itemsize: int = 4) -> Estimate:
         {'convs at 32x32': 0.66, 'max pools at 32x32 (16 channels)': 0.52, ...}
     """
     from . import conv_fast
-    from .npk import collapsed_gates, sums_channels
 
     keep, collapsed = graph.channel_plan(model.ops), collapsed_gates(model.ops)
     memory = itemsize / 4

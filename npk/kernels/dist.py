@@ -12,7 +12,7 @@ import ctypes
 import functools
 from pathlib import Path
 
-from .gram import TileKernel, take
+from .tiles import TileKernel, take
 from .store import write_record
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import singledispatch
 from typing import Callable
 
 import torch
@@ -46,7 +47,8 @@ import torch
 from .. import graph
 from ..models.base import GatedNet, check_input
 from .gram import TileKernel, blocked_gram
-from .npk import DEFAULT_MEMORY_BUDGET, block_size, conv_sum, overlap, pair_rule
+from .npk import DEFAULT_MEMORY_BUDGET, block_size
+from .rules import conv_sum, overlap, pair_rule
 
 KINDS = ("ntk", "nngp")
 
@@ -159,12 +161,11 @@ def expected_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None
         raise TypeError(f"expected_npk needs an npk gated model (npk.models.*), got {type(model).__name__}")
     if model.gate_kind != "hard":
         raise ValueError("expected_npk has a closed form for hard gates only; build the model with gate='hard'")
-    if any(isinstance(op, graph.Residual) for op in graph.walk(model.ops)):
-        raise ValueError("expected_npk supports Linear, Gate, AvgPool, GlobalAvgPool, Flatten and Readout ops, "
-                         "not Residual: use a model without skips")
-    if model.n_pools:
-        raise ValueError("expected_npk has no closed form for max pooling (the selected position is the "
-                         "argmax of correlated Gaussians per window); use npk_gram on sampled models")
+    for op in graph.walk(model.ops):
+        if type(op) in REFUSED:
+            raise ValueError(REFUSED[type(op)])
+        if type(op) not in expected_rule.registry:
+            raise TypeError(f"expected_npk has no rule for op {op!r}; it supports {_supported()}")
     X = check_input(X, model.input_shape, "X")
     Y = X if Y is None else check_input(Y, model.input_shape, "Y")
     if Y.dtype != X.dtype or Y.device != X.device:
@@ -258,21 +259,69 @@ def _shape_moments(op, K: torch.Tensor) -> torch.Tensor:
 
 
 def _expected_block(model: GatedNet, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    M = overlap(model.value_stream_input(X), model.value_stream_input(Y))
-    stream = _Moments.of_input(X, Y)
+    walk = _Walk(overlap(model.value_stream_input(X), model.value_stream_input(Y)), _Moments.of_input(X, Y))
     for op in model.ops:
-        if isinstance(op, graph.Gate):
-            gate, after_relu = q.arccos()
-            M = units * gate * M
-            if model.gating in ("self", "relu"):
-                stream = after_relu
-            elif model.gating == "linear":
-                stream = q
-            continue
-        M = pair_rule(op, M, None)
-        if isinstance(op, graph.Linear):
-            q = stream.map(lambda K: _linear_moments(op, K))
-            units = op.module.weight.shape[0]
-        elif not isinstance(op, graph.Readout):
-            stream = stream.map(lambda K: _shape_moments(op, K))
-    return M
+        expected_rule(op, walk, model.gating)
+    return walk.M
+
+
+# ------------------------------------------------------------------ the expected reading of each op
+# Every op of `npk.graph.OPS` has a rule here or a refusal in REFUSED (the checklist test checks both).
+REFUSED = {
+    graph.Residual: "expected_npk supports Linear, Gate, AvgPool, GlobalAvgPool, Flatten and Readout ops, "
+                    "not Residual: use a model without skips",
+    graph.MaxPool: "expected_npk has no closed form for max pooling (the selected position is the argmax of "
+                   "correlated Gaussians per window); use npk_gram on sampled models",
+}
+
+
+@dataclass
+class _Walk:
+    """The expected walk's state: the value stream's pair kernel M, the gating stream's moments, and the
+    pre-activation moments q and unit count of the last weight layer (read by the gate after it)."""
+
+    M: torch.Tensor
+    stream: _Moments
+    q: _Moments | None = None
+    units: int = 0
+
+
+@singledispatch
+def expected_rule(op, walk: _Walk, gating: str) -> None:
+    raise TypeError(f"expected_npk has no rule for op {op!r}; it supports {_supported()}")
+
+
+def _supported() -> str:
+    return ", ".join(t.__name__ for t in expected_rule.registry if t is not object)
+
+
+@expected_rule.register
+def _(op: graph.Linear, walk, gating):
+    walk.M = pair_rule(op, walk.M, None)
+    walk.q = walk.stream.map(lambda K: _linear_moments(op, K))
+    walk.units = op.module.weight.shape[0]
+
+
+@expected_rule.register
+def _(op: graph.Gate, walk, gating):
+    """M <- C (pi - t) / (2 pi) M; the gating stream goes on as relu(q) (ReLU gating), q (linear), or
+    stays the input's (shallow)."""
+    gate, after_relu = walk.q.arccos()
+    walk.M = walk.units * gate * walk.M
+    if gating in ("self", "relu"):
+        walk.stream = after_relu
+    elif gating == "linear":
+        walk.stream = walk.q
+
+
+@expected_rule.register(graph.AvgPool)
+@expected_rule.register(graph.GlobalAvgPool)
+@expected_rule.register(graph.Flatten)
+def _(op, walk, gating):
+    walk.M = pair_rule(op, walk.M, None)
+    walk.stream = walk.stream.map(lambda K: _shape_moments(op, K))
+
+
+@expected_rule.register
+def _(op: graph.Readout, walk, gating):
+    walk.M = pair_rule(op, walk.M, None)
