@@ -84,12 +84,11 @@ def test_a_wrong_but_shift_invariant_conv_rule_fails_on_the_path_enumeration(mon
     """The conv offset sum replaced by the identity, M(i, i') <- M(i, i'): still shift-invariant (gates are
     equivariant, GAP sums over all pairs), so the invariance deviation stays at rounding; the comparison with
     the path features of the explicitly shifted inputs fails it."""
-    import npk.kernels.npk as npk_module
-    from npk.kernels import conv_fast
+    from npk.kernels import conv_fast, rules
     model = conv(bias=True)
     X = inputs(model)
     monkeypatch.setitem(conv_fast._state, "backend", "off")      # the generic rules, where the bug is planted
-    monkeypatch.setattr(npk_module, "conv_sum", lambda M, axes: M)
+    monkeypatch.setattr(rules, "conv_sum", lambda M, axes: M)
     result = rotation_invariance(model, X)
     assert max(result.details["deviation"]) <= 1e-12                 # invariance alone: blind to the bug
     assert not result.passed and result.details["reference_error"] > 0.1
