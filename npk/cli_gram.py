@@ -12,20 +12,31 @@ from __future__ import annotations
 
 import argparse
 import ast
-import re
+import math
 import sys
 import time
 
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+from .validate import byte_count
 
 
 def parse_bytes(text: str) -> int:
-    """'512MiB', '2GB', '1e9' -> bytes."""
-    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in UNITS:
-        raise argparse.ArgumentTypeError(f"expected a size like 512MiB, 2GB or 1e9 (bytes), got {text!r}")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    """argparse type: '512MiB', '2GB', '1e9' -> bytes (a positive, finite size)."""
+    try:
+        return byte_count("size", text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive size like 512MiB, 2GB or 1e9 (bytes), got {text!r}") \
+            from None
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -44,6 +55,8 @@ def add_parser(sub) -> None:
     p.add_argument("--memory-budget", type=parse_bytes, help="bytes for one tile's work, e.g. 64MiB")
     p.add_argument("--max-memory", type=parse_bytes, help="refuse up front if the estimate is over, e.g. 8GiB")
     p.add_argument("--scheduler", help="a Dask scheduler address (tcp://host:8786): tiles run on the cluster")
+    p.add_argument("--connect-timeout", type=positive_seconds, default=5.0,
+                   help="seconds to wait for the --scheduler to answer (default 5)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--seed", type=int, default=0, help="torch seed for a model built without a checkpoint")
     p.add_argument("--no-progress", action="store_true")
@@ -83,6 +96,14 @@ def load_weights(model, path: str) -> None:
                          f"architecture arguments") from None
 
 
+def describe(err: BaseException) -> str:
+    """One line for an error: an OSError as 'PATH: reason' (never a bare errno), others as their message."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror}; check that the path exists and this user may write there"
+    return " ".join(str(err.args[0] if err.args else err).split())
+
+
 def run(args) -> int:
     """Compute the Gram of `args` into args.out; 0 on success, 2 (with a one-line message) on bad input."""
     import torch
@@ -90,9 +111,12 @@ def run(args) -> int:
     from . import data as datasets
     from .kernels.npk import npk_gram
     from .kernels.ntk import ntk_gram
+    client = None
     try:
         if not args.out.endswith(".npy"):
             raise ValueError(f"--out must be a .npy file, got {args.out!r}")
+        if args.checkpoint_dir is not None and not args.checkpoint_dir.strip():
+            raise ValueError("--checkpoint-dir '': expected a folder path (omit it for OUT.tiles)")
         torch.manual_seed(args.seed)
         dtype = getattr(torch, args.dtype)
         model = build_model(args.model).to(dtype).eval()
@@ -101,15 +125,21 @@ def run(args) -> int:
         n = {"n_train" if args.split == "train" else "n_test": args.n}
         ds = datasets.load(args.dataset, root=args.data_root, flatten=len(model.input_shape) == 1, dtype=dtype, **n)
         X = ds.X_train if args.split == "train" else ds.X_test
+        if args.scheduler:
+            from .kernels.dist import client_of
+            client = client_of(args.scheduler, timeout=args.connect_timeout)[0]
         options = dict(out=args.out, checkpoint_dir=args.checkpoint_dir or args.out + ".tiles",
-                       max_memory=args.max_memory, scheduler=args.scheduler, progress=not args.no_progress)
+                       max_memory=args.max_memory, scheduler=client, progress=not args.no_progress)
         if args.memory_budget:
             options["memory_budget"] = args.memory_budget
         start = time.perf_counter()
         (npk_gram if args.kernel == "npk" else ntk_gram)(model, X, **options)
     except (ValueError, OSError, MemoryError, RuntimeError, ImportError) as err:
-        print(f"npk gram: error: {err.args[0] if err.args else err}", file=sys.stderr)
+        print(f"npk gram: error: {describe(err)}", file=sys.stderr)
         return 2
+    finally:
+        if client is not None:
+            client.close()
     print(f"wrote {args.out}: the {args.kernel.upper()} Gram of {len(X)} {ds.name} {args.split} samples "
           f"({len(X)} x {len(X)} {args.dtype}) in {time.perf_counter() - start:.1f} s")
     return 0

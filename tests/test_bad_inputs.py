@@ -75,7 +75,7 @@ COMMAND = [
      "--out {tmp}/a-file/run: cannot write in {tmp}/a-file"),
     ("--set epochs=abc", ["run", "npk-evolution", "--set", "epochs=abc"],
      "config key 'epochs' of 'npk-evolution' expects an int (default 30), got \"abc\""),
-    ("--set lr=[1]", ["run", "npk-evolution", "--set", "lr=[1]"], "config key 'lr' of 'npk-evolution' expects a number"),
+    ("--set lr=[1]", ["run", "npk-evolution", "--set", "lr=[1]"], "config key 'lr' of 'npk-evolution' expects a finite number"),
     ("--set multiclass=1", ["run", "npk-evolution", "--set", "multiclass=1"], "expects true or false"),
     ("--set n_train=abc (null default)", ["run", "npk-evolution", "--set", "n_train=abc"],
      "config key 'n_train' of 'npk-evolution' expects an int (default null)"),
