@@ -1,11 +1,19 @@
-"""Every bad input of issue 11, as tables: (input, expected error, a phrase of its message).
+"""Every bad input of issues 11 and 18, as tables: (input, expected error, a phrase of its message).
 
 LIBRARY: a call and the exception it must raise. COMMAND: an `npk` command line that must fail with exit
 status 2 and one line on stderr (no traceback), or warn. FILES: a damaged file in a data or run folder
-that must be named. The count of cases is len(LIBRARY) + len(COMMAND) + len(FILES).
+that must be named. PLACES (issue 18): folders, stores and outputs reused, damaged or out of room: the
+error or warning, and then what must not be lost. The count of cases is the sum of the tables' lengths.
 """
+import contextlib
 import gzip
+import io
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,9 +23,15 @@ import npk
 from npk import cli, data, models
 from npk.fit import gp_posterior, kernel_ridge
 from npk.models import regimes
+from npk.kernels.infinite import expected_npk, infinite_ntk
 from npk.kernels.npk import npk_gram
 
 X4 = torch.ones(3, 4, dtype=torch.float64)
+
+
+def read_only(a):
+    a.flags.writeable = False
+    return a
 
 
 def dnn64():
@@ -45,6 +59,20 @@ LIBRARY = [
     ("npk_gram(empty X)", lambda: npk_gram(dnn64(), X4[:0]), ValueError, "X holds no samples"),
     ("kernel_ridge(empty Gram)", lambda: kernel_ridge(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long),
                                                       torch.zeros(0, 0)), ValueError, "K_train holds no samples"),
+    ("infinite_ntk(W_std=nan)", lambda: infinite_ntk(X4, depth=1, W_std=float("nan")), ValueError,
+     "W_std must be a finite number >= 0, got nan"),
+    ("expected_npk(memory_budget=0)", lambda: expected_npk(dnn64(), X4, memory_budget=0), ValueError,
+     "memory_budget (bytes) must be a finite number > 0, got 0"),
+    ("npk_gram(max_memory=nan)", lambda: npk_gram(dnn64(), X4, max_memory=float("nan")), ValueError,
+     "max_memory must be a positive number of bytes like 8GiB, 512MiB or 1e9, got nan"),
+    ("ntk_gram(max_memory=inf)", lambda: npk.ntk_gram(dnn64(), X4, max_memory=float("inf")), ValueError,
+     "max_memory must be a positive number of bytes like 8GiB, 512MiB or 1e9, got inf"),
+    ("npk_gram(max_memory='8 parsecs')", lambda: npk_gram(dnn64(), X4, max_memory="8 parsecs"), ValueError,
+     "max_memory must be a positive number of bytes like 8GiB"),
+    ("npk_gram(checkpoint_dir='')", lambda: npk_gram(dnn64(), X4, checkpoint_dir=""), ValueError,
+     "checkpoint_dir must be a folder path, got ''"),
+    ("npk_gram(out=read-only array)", lambda: npk_gram(dnn64(), X4, out=read_only(np.zeros((3, 3)))), ValueError,
+     "out is read-only"),
     ("gp_posterior(NaN targets)", lambda: gp_posterior(torch.eye(2), torch.tensor([1.0, float("nan")]),
                                                        torch.ones(1, 2), torch.ones(1), 0.1), ValueError,
      "y_train contains NaN or inf (first bad indices [[1]])"),
@@ -83,6 +111,28 @@ COMMAND = [
     ("--set unknown key", ["run", "theorems", "--set", "widths=[3]"], "unknown config key(s) ['widths']"),
     ("--threads -3", ["run", "theorems", "--threads", "-3"], "argument --threads: expected a positive int, got '-3'"),
     ("--threads 0", ["run", "theorems", "--threads", "0"], "argument --threads: expected a positive int, got '0'"),
+    ("--threads 100000", ["run", "theorems", "--threads", "100000"], "argument --threads: expected at most"),
+    ("--set nu_eps=NaN", ["run", "npk-evolution", "--set", "nu_eps=NaN"],
+     "argument --set: nu_eps: expected a finite number, got 'NaN'"),
+    ("--set nu_eps=1e400", ["run", "npk-evolution", "--set", "nu_eps=1e400"],
+     "argument --set: nu_eps: expected a finite number, got '1e400'"),
+    ("--out ''", ["run", "theorems", "--out", ""], "--out '': expected a folder path"),
+    ("npk gram --memory-budget 0", ["gram", "--model", "DLGN(64, [8], 10)", "--out", "{tmp}/g.npy", "--memory-budget",
+                                    "0"], "argument --memory-budget: expected a positive size like 512MiB"),
+    ("npk gram --memory-budget 1e400", ["gram", "--model", "DLGN(64, [8], 10)", "--out", "{tmp}/g.npy",
+                                        "--memory-budget", "1e400"], "argument --memory-budget: expected a positive size"),
+    ("npk gram --max-memory nan", ["gram", "--model", "DLGN(64, [8], 10)", "--out", "{tmp}/g.npy", "--max-memory",
+                                   "nan"], "argument --max-memory: expected a positive size"),
+    ("npk gram --out in a missing folder (was: error: 2)", ["gram", "--model", "DLGN(64, [8], 10)", "--n", "10",
+                                                            "--out", "{tmp}/none/g.npy"],
+     "out {tmp}/none/g.npy: the folder {tmp}/none does not exist; create it"),
+    ("npk gram --checkpoint-dir on a file (was: error: 17)", ["gram", "--model", "DLGN(64, [8], 10)", "--n", "10",
+                                                              "--out", "{tmp}/g.npy", "--checkpoint-dir", "{tmp}/a-file"],
+     "checkpoint_dir {tmp}/a-file is a file; expected a folder"),
+    ("npk gram --checkpoint-dir ''", ["gram", "--model", "DLGN(64, [8], 10)", "--out", "{tmp}/g.npy",
+                                      "--checkpoint-dir", ""], "--checkpoint-dir '': expected a folder path"),
+    ("npk gram --connect-timeout 0", ["gram", "--model", "DLGN(64, [8], 10)", "--out", "{tmp}/g.npy",
+                                      "--connect-timeout", "0"], "argument --connect-timeout: expected a positive number"),
     ("--n 0", ["run", "theorems", "--n", "0"], "argument --n: expected a positive int, got '0'"),
     ("--n-test x", ["run", "theorems", "--n-test", "x"], "argument --n-test: expected a positive int, got 'x'"),
     ("unknown experiment", ["run", "nope"], "no experiment named 'nope'"),
@@ -195,6 +245,237 @@ def test_a_damaged_file_is_named(tmp_path, make, error, phrase):
     assert phrase in str(info.value) and str(tmp_path) in str(info.value)
 
 
+# ------------------------------------------------------------------ folders, stores and outputs (issue 18)
+class CommandFailed(Exception):
+    """An `npk` command that ended with status 2; the message is its stderr."""
+
+
+def npk_command(*argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = cli.main([str(a) for a in argv])
+    if status == 2:
+        raise CommandFailed(err.getvalue().strip())
+    assert status == 0, err.getvalue()
+
+
+def gram_command(tmp, n, *extra):
+    npk_command("gram", "--model", "DLGN(64, [8], 10)", "--n", n, "--out", tmp / "g.npy", "--no-progress", *extra)
+
+
+def six(tmp=None):
+    """A model, 6 inputs and a tiling of 2 x 2 blocks of 3 samples (3 upper tiles) for store cases."""
+    torch.manual_seed(0)
+    return dnn64(), torch.randn(6, 4, dtype=torch.float64), dict(memory_budget=4 * 8 * 9, progress=False)
+
+
+def same_as_fresh(tmp, **options):
+    model, X, tiling = six()
+    assert torch.equal(npk_gram(model, X, checkpoint_dir=tmp / "store", **tiling, **options), npk_gram(model, X, **tiling))
+
+
+def user_files_with_force(tmp):
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("mine")
+    npk_command("run", "theorems", "--force", "--out", tmp / "mine")
+
+
+def rerun_with_another_n(tmp):
+    gram_command(tmp, 20)
+    np.save(tmp / "first.npy", np.load(tmp / "g.npy"))
+    gram_command(tmp, 30)
+
+
+def store_without_description(tmp):
+    model, X, tiling = six()
+    npk_gram(model, X, checkpoint_dir=tmp / "store", **tiling)
+    (tmp / "store" / "gram.json").unlink()
+    npk_gram(models.DNN(4, [5], 2).double(), X, checkpoint_dir=tmp / "store", **tiling)
+
+
+def record_copied_over_another(tmp):
+    model, X, tiling = six()
+    npk_gram(model, X, checkpoint_dir=tmp / "store", **tiling)
+    (tmp / "store" / "tile_1_1.pt").write_bytes((tmp / "store" / "tile_0_0.pt").read_bytes())
+    same_as_fresh(tmp)
+
+
+def record_of_another_store(tmp):
+    """A record with a right checksum but from another model's store, at the same position."""
+    model, X, tiling = six()
+    npk_gram(model, X, checkpoint_dir=tmp / "store", **tiling)
+    npk_gram(models.DNN(4, [5], 2).double(), X, checkpoint_dir=tmp / "other", **tiling)
+    (tmp / "store" / "tile_0_1.pt").write_bytes((tmp / "other" / "tile_0_1.pt").read_bytes())
+    same_as_fresh(tmp)
+
+
+def out_added_to_a_store(tmp):
+    model, X, tiling = six()
+    npk_gram(model, X, checkpoint_dir=tmp / "store", **tiling)
+    npk_gram(model, X, checkpoint_dir=tmp / "store", out=tmp / "g.npy", **tiling)
+
+
+def read_only_memmap(tmp):
+    np.save(tmp / "g.npy", np.full((3, 3), 7.0))
+    npk_gram(dnn64(), X4, out=np.load(tmp / "g.npy", mmap_mode="r"))
+
+
+def small_mount(tmp, size="64k"):
+    """A tmpfs of `size` at tmp/disk (root only; the case skips without it)."""
+    (tmp / "disk").mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", tmp / "disk"],
+                                           capture_output=True).returncode:
+        pytest.skip("needs root and tmpfs mounts")
+    return tmp / "disk"
+
+
+@contextlib.contextmanager
+def mounted(tmp, size="64k"):
+    disk = small_mount(tmp, size)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", disk], check=True)
+
+
+def out_on_a_full_disk(tmp):
+    with mounted(tmp) as disk:
+        npk_gram(dnn64(), torch.randn(200, 4, dtype=torch.float64), out=disk / "g.npy")
+
+
+def store_on_a_full_disk(tmp):
+    with mounted(tmp) as disk:
+        npk_gram(dnn64(), torch.randn(200, 4, dtype=torch.float64), checkpoint_dir=disk / "store")
+
+
+def read_only_finished_store(tmp):
+    model, X, tiling = six()
+    with mounted(tmp, "1m") as disk:
+        expected = npk_gram(model, X, checkpoint_dir=disk / "store", **tiling)
+        subprocess.run(["mount", "-o", "remount,ro", disk], check=True)
+        assert torch.equal(npk_gram(model, X, checkpoint_dir=disk / "store", **tiling), expected)
+
+
+def stale_tmp_records(tmp):
+    model, X, tiling = six()
+    npk_gram(model, X, checkpoint_dir=tmp / "store", **tiling)
+    stale = tmp / "store" / ".tile_0_0.pt.4242.deadbeef.tmp"
+    stale.write_bytes(b"half a record")
+    same_as_fresh(tmp)
+    assert not stale.exists()
+
+
+def expected_npk_to_a_file(tmp):
+    model = models.DLGN(4, [3], 2).double()
+    X = torch.randn(5, 4, dtype=torch.float64)
+    H = expected_npk(model, X, out=tmp / "e.npy", checkpoint_dir=tmp / "store")
+    assert torch.equal(torch.from_numpy(np.load(tmp / "e.npy")), expected_npk(model, X)) and H.shape == (5, 5)
+
+
+def max_memory_as_text(tmp):
+    model, X, _ = six()
+    assert torch.equal(npk_gram(model, X, max_memory="8GiB"), npk_gram(model, X))
+
+
+def refused_port(tmp):
+    pytest.importorskip("distributed")
+    from npk.kernels.dist import client_of
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    try:
+        client_of(f"tcp://127.0.0.1:{port}", timeout=1)
+    finally:
+        assert time.perf_counter() - start < 20
+
+
+def not_a_dask_listener(tmp):
+    pytest.importorskip("distributed")
+    from npk.kernels.dist import client_of
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def answer():
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                conn.sendall(b"HTTP/1.1 200 OK\r\n" * 64)
+                time.sleep(2)
+                conn.close()
+        import threading
+        threading.Thread(target=answer, daemon=True).start()
+        client_of(f"tcp://127.0.0.1:{server.getsockname()[1]}", timeout=1)
+
+
+def nothing(tmp):
+    pass
+
+
+def kept(path, text):
+    return lambda tmp: (tmp / path).read_text() == text or pytest.fail(f"{path} was changed")
+
+
+def kept_first_gram(tmp):
+    assert np.array_equal(np.load(tmp / "g.npy"), np.load(tmp / "first.npy")) and np.load(tmp / "g.npy").any()
+
+
+def kept_tiles(tmp):
+    assert len(list((tmp / "store").glob("tile_*.pt"))) == 3
+
+
+def kept_sevens(tmp):
+    assert np.array_equal(np.load(tmp / "g.npy"), np.full((3, 3), 7.0))
+
+
+def nothing_left_on(path):
+    return lambda tmp: not (tmp / path).exists() or pytest.fail(f"{path} was left behind")
+
+
+PLACES = [
+    ("npk run --force on the user's folder", user_files_with_force, CommandFailed,
+     "mine: holds files npk did not make (no .npk-run); --force replaces only an npk run folder", kept("mine/notes.txt", "mine")),
+    ("npk gram --n 30 over the --n 20 output", rerun_with_another_n, CommandFailed,
+     "holds tiles of another Gram (inputs, tiling differ", kept_first_gram),
+    ("a store whose gram.json was deleted", store_without_description, ValueError,
+     "holds 3 files (tile_0_0.pt, tile_0_1.pt, tile_1_1.pt) but no gram.json: not an npk tile store", kept_tiles),
+    ("a tile record copied over another", record_copied_over_another, UserWarning,
+     "tile_1_1.pt holds tile (0, 0) of store", nothing),
+    ("a record with a right checksum from another store", record_of_another_store, UserWarning,
+     "tile_0_1.pt holds tile (0, 1) of store", nothing),
+    ("out= added to a store of tiles", out_added_to_a_store, ValueError,
+     "holds tiles of another Gram (records differ: stored ['tiles'], now ['checksums (the tiles are in out=)']", kept_tiles),
+    ("out= a read-only memmap (was SIGSEGV)", read_only_memmap, ValueError, "out is read-only", kept_sevens),
+    ("out= on a full file system (was SIGBUS)", out_on_a_full_disk, OSError,
+     "out {tmp}/disk/g.npy needs about 0.3052 MiB of disk but only 0.0625 MiB is free", nothing_left_on("disk/g.npy")),
+    ("a tile store on a full file system", store_on_a_full_disk, OSError, "the tile store needs about", nothing),
+    ("a refused scheduler port (was a 30 s wait)", refused_port, ValueError,
+     "no Dask scheduler answered within 1 s (OSError); expected the address of a running dask scheduler", nothing),
+    ("a scheduler address that is not Dask (was MemoryError 3.07 EiB)", not_a_dask_listener, ValueError,
+     "no Dask scheduler answered within 1 s", nothing),
+    ("a finished store in a read-only folder", read_only_finished_store, None, "", nothing),
+    ("stale .tmp records of a kill -9", stale_tmp_records, None, "", nothing),
+    ("expected_npk to out= with a store (as its advice says)", expected_npk_to_a_file, None, "", nothing),
+    ("max_memory='8GiB'", max_memory_as_text, None, "", nothing),
+]
+
+
+@pytest.mark.parametrize("make, error, phrase, check", [c[1:] for c in PLACES], ids=[c[0] for c in PLACES])
+def test_a_folder_store_or_output_is_never_lost_or_misread(tmp_path, make, error, phrase, check):
+    """Each case raises one line (or warns and recomputes, or just works), and then loses nothing."""
+    if error is None:
+        make(tmp_path)
+    elif issubclass(error, Warning):
+        with pytest.warns(error, match=phrase.replace("(", r"\(").replace(")", r"\)")):
+            make(tmp_path)
+    else:
+        with pytest.raises(error) as info:
+            make(tmp_path)
+        message = str(info.value)
+        assert phrase.format(tmp=tmp_path) in message and "\n" not in message.strip() and "Traceback" not in message
+    check(tmp_path)
+
+
 def test_the_tables_count_the_cases():
-    assert len(LIBRARY) + len(COMMAND) + len(FILES) == 42
-    assert json.dumps([c[0] for c in LIBRARY + COMMAND + FILES])  # every case is named
+    assert len(LIBRARY) + len(COMMAND) + len(FILES) + len(PLACES) == 75
+    assert json.dumps([c[0] for c in LIBRARY + COMMAND + FILES + PLACES])  # every case is named

@@ -38,7 +38,7 @@ from ..models.gates import check_kind
 from .compact import (LayerGates, compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates,
                       model_selections, unpack_gates)
 from .gram import TileKernel, available_memory, blocked_gram, dtype_size, preflight
-from ..validate import check_gram_request
+from ..validate import byte_count, check_gram_request
 
 # bytes for the pair kernels of one block: on a CPU, blocks whose tensors stay under glibc's mmap threshold
 # are several times faster than large ones (a large tensor is freshly mapped and page-faulted at every op)
@@ -93,6 +93,7 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
     parts = {"Gram": 0 if out is not None else len(X) * len(Y) * X.element_size(),
              "one tile": kernel.work_bytes(block, block)}
     resident = {"gates": kernel.gate_bytes(n_gated)}
+    max_memory = None if max_memory is None else byte_count("max_memory", max_memory)
     room = (max_memory if max_memory is not None else available_memory()) - sum(parts.values())
     if resident["gates"] > room // 2:            # the gates of all inputs do not fit: computed per tile
         resident, kernel.precomputed = {}, False

@@ -131,7 +131,8 @@ class TileStore:
         meta = self.dir / META_FILE
         foreign = sorted(p.name for p in self.dir.iterdir() if p.name not in (LOCK_FILE, META_FILE))
         if not meta.exists() and foreign:
-            raise ValueError(f"{self.dir} holds {len(foreign)} files ({', '.join(foreign[:3])}...) but no {META_FILE}: "
+            raise ValueError(f"{self.dir} holds {len(foreign)} files ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}) but no {META_FILE}: "
                              f"not an npk tile store, or its description was deleted, so its tiles cannot be "
                              f"trusted; use an empty or new checkpoint_dir (npk deletes nothing there)")
         if meta.exists():
