@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ import torch
 import npk
 from npk import cli, data, models
 from npk.fit import gp_posterior, kernel_ridge
+from npk.kernels.gram import NO_LIMIT, cgroup_headroom
 from npk.models import regimes
 from npk.kernels.infinite import expected_npk, infinite_ntk
 from npk.kernels.npk import npk_gram
@@ -408,6 +410,44 @@ def not_a_dask_listener(tmp):
         client_of(f"tcp://127.0.0.1:{server.getsockname()[1]}", timeout=1)
 
 
+@contextlib.contextmanager
+def in_process_cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        yield client
+
+
+def cancelled_tile(tmp):
+    """A task the cluster cancels (as when every worker is killed): was AttributeError on a FutureCancelledError."""
+    model, X, tiling = six()
+    with in_process_cluster() as client:
+        real, made = client.submit, []
+
+        def submit(*args, **kwargs):
+            made.append(real(*args, **kwargs))
+            if len(made) == 2:
+                made[-1].cancel()
+            return made[-1]
+        with mock.patch.object(client, "submit", submit):
+            npk_gram(model, X, scheduler=client, checkpoint_dir=tmp / "store", **tiling)
+
+
+def workers_blind_to_the_store(tmp):
+    """Workers that see another folder at the store's path (here: none) are named before any tile runs."""
+    from npk.kernels import dist
+    model, X, tiling = six()
+    with in_process_cluster() as client, mock.patch.object(dist, "_read_text", lambda path: None):
+        npk_gram(model, X, scheduler=client, checkpoint_dir=tmp / "store", **tiling)
+
+
+def empty_store_on_a_read_only_disk(tmp):
+    model, X, tiling = six()
+    with mounted(tmp) as disk:
+        (disk / "store").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", disk], check=True)
+        npk_gram(model, X, checkpoint_dir=disk / "store", **tiling)
+
+
 def nothing(tmp):
     pass
 
@@ -422,6 +462,11 @@ def kept_first_gram(tmp):
 
 def kept_tiles(tmp):
     assert len(list((tmp / "store").glob("tile_*.pt"))) == 3
+
+
+def kept_finished_tiles(tmp):
+    """The tiles the workers finished stay in the store for the resume."""
+    assert {"tile_0_0.pt", "tile_1_1.pt"} <= {p.name for p in (tmp / "store").glob("tile_*.pt")}
 
 
 def kept_sevens(tmp):
@@ -453,6 +498,12 @@ PLACES = [
      "no Dask scheduler answered within 1 s (OSError); expected the address of a running dask scheduler", nothing),
     ("a scheduler address that is not Dask (was MemoryError 3.07 EiB)", not_a_dask_listener, ValueError,
      "no Dask scheduler answered within 1 s", nothing),
+    ("a tile the Dask cluster lost", cancelled_tile, RuntimeError,
+     "the Dask cluster lost tile (0, 1) (cancelled: FutureCancelledError", kept_finished_tiles),
+    ("Dask workers that cannot see the store", workers_blind_to_the_store, RuntimeError,
+     "cannot see the tile store {tmp}/store (missing there, or another folder); give checkpoint_dir a path", nothing),
+    ("an empty store on a read-only file system", empty_store_on_a_read_only_disk, OSError,
+     "cannot write {tmp}/disk/store/gram.json (Read-only file system); free disk space in", nothing),
     ("a finished store in a read-only folder", read_only_finished_store, None, "", nothing),
     ("stale .tmp records of a kill -9", stale_tmp_records, None, "", nothing),
     ("expected_npk to out= with a store (as its advice says)", expected_npk_to_a_file, None, "", nothing),
@@ -477,5 +528,51 @@ def test_a_folder_store_or_output_is_never_lost_or_misread(tmp_path, make, error
 
 
 def test_the_tables_count_the_cases():
-    assert len(LIBRARY) + len(COMMAND) + len(FILES) + len(PLACES) == 75
+    assert len(LIBRARY) + len(COMMAND) + len(FILES) + len(PLACES) == 78
     assert json.dumps([c[0] for c in LIBRARY + COMMAND + FILES + PLACES])  # every case is named
+
+
+# ------------------------------------------------------------------------------------------ memory limits
+RLIMIT_SCRIPT = """
+import resource, sys, time, torch, npk
+X = torch.empty(30_000, 3, 32, 32)                       # CIFAR-sized: its Gram is 3.35 GiB in float32
+model = npk.models.C4GAP("dnn", width=128).eval()
+resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, resource.RLIM_INFINITY))
+for gram in (npk.npk_gram, npk.ntk_gram):
+    start = time.perf_counter()
+    try:
+        gram(model, X)
+    except MemoryError as e:
+        print(f"{time.perf_counter() - start:.1f}", e, flush=True)
+"""
+
+
+def test_a_gram_over_the_rlimit_as_headroom_is_refused_within_seconds():
+    """The done-when of issue 18: the memory available (21 GiB here) would let it pass; the 4 GiB RLIMIT_AS must not."""
+    out = subprocess.run([sys.executable, "-c", RLIMIT_SCRIPT], capture_output=True, text=True, timeout=300)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2, out.stdout + out.stderr
+    for line, entry in zip(lines, ("npk_gram", "ntk_gram")):
+        seconds, message = line.split(" ", 1)
+        assert float(seconds) < 30 and message.startswith(f"{entry} needs about ") and "(Gram 3.35 GiB" in message
+        assert "GiB is left under this process's RLIMIT_AS" in message
+
+
+def cgroup(tmp, lines, folder, files):
+    tmp.mkdir(exist_ok=True)
+    (tmp / "cgroup").write_text(lines)
+    (tmp / folder).mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (tmp / folder / name).write_text(text)
+    return cgroup_headroom(tmp / "cgroup", tmp)
+
+
+def test_the_cgroup_memory_limit_less_its_usage_bounds_the_memory_available(tmp_path):
+    v2 = {"memory.max": f"{2**30}\n", "memory.current": f"{2**29}\n", "memory.stat": f"anon 5\ninactive_file {2**20}\n"}
+    assert cgroup(tmp_path / "v2", "0::/job.slice\n", "job.slice", v2) == 2**29 + 2**20
+    v1 = {"memory.limit_in_bytes": f"{2**31}\n", "memory.usage_in_bytes": f"{2**30}\n",
+          "memory.stat": "total_inactive_file 4096\n"}
+    assert cgroup(tmp_path / "v1", "9:cpu:/\n5:memory:/slurm/job_1\n", "memory/slurm/job_1", v1) == 2**30 + 4096
+    assert cgroup(tmp_path / "box", "5:memory:/docker/abc\n", "memory", v1) == 2**30 + 4096   # a container's own root
+    assert cgroup(tmp_path / "free", "0::/\n", ".", {**v2, "memory.max": "max\n"}) == NO_LIMIT
+    assert cgroup_headroom(tmp_path / "missing", tmp_path) == NO_LIMIT
