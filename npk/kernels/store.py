@@ -19,6 +19,7 @@ you trust. A finished store in a read-only folder is read without its lock.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -215,3 +216,16 @@ def record_writer(tile: torch.Tensor, with_tile: bool, at: tuple[int, int], stor
     tile = tile.detach().cpu()
     record = {"at": tuple(at), "store": store, "sha256": checksum(tile), **({"tile": tile} if with_tile else {})}
     return lambda tmp: torch.save(record, tmp)
+
+
+def remove_store(directory: str | os.PathLike) -> None:
+    """Delete a tile store's own files (records, gram.json) and its folder if that empties it; a folder
+    without gram.json is not a store and is left alone."""
+    folder = Path(directory)
+    if not (folder / META_FILE).is_file():
+        return
+    for path in folder.glob("tile_*.pt"):
+        path.unlink()
+    (folder / META_FILE).unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
