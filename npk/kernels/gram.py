@@ -140,7 +140,8 @@ def blocked_gram(kernel: TileKernel, X, Y=None, *, block: int, out=None, checkpo
     total = len(rows) * (len(rows) + 1) // 2 if symmetric else len(rows) * len(cols)
     with (store or contextlib.nullcontext()) as store:   # the store is checked before out is touched
         if store is not None and store.holds_tiles:
-            check_free_disk(store.dir, gram_bytes * total // max(1, len(rows) * len(cols)), "the tile store")
+            written = sum(p.stat().st_size for p in store.dir.glob("tile_*.pt"))   # a resume needs the rest
+            check_free_disk(store.dir, gram_bytes * total // max(1, len(rows) * len(cols)) - written, "the tile store")
         H, array = _output(out, shape, kernel.dtype, _device(X))
         if store is not None and fresh:
             store.forget_tiles()    # records of tiles in an output file that is gone
