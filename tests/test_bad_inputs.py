@@ -23,6 +23,7 @@ import torch
 
 import npk
 from npk import cli, data, models
+from npk.experiments.folder import RunFolder
 from npk.fit import gp_posterior, kernel_ridge
 from npk.kernels.gram import NO_LIMIT, cgroup_headroom
 from npk.models import regimes
@@ -287,6 +288,15 @@ def user_files_with_force(tmp):
     npk_command("run", "theorems", "--force", "--out", tmp / "mine")
 
 
+def removal_of_the_users_folder(tmp):
+    """Beside run folder x, a folder .x.old npk did not make: a run in x must not delete it."""
+    (tmp / ".x.old").mkdir()
+    (tmp / ".x.old" / "notes.txt").write_text("mine")
+    (tmp / "x").mkdir()
+    with RunFolder(tmp / "x"):
+        pass
+
+
 def rerun_with_another_n(tmp):
     gram_command(tmp, 20)
     np.save(tmp / "first.npy", np.load(tmp / "g.npy"))
@@ -504,6 +514,8 @@ def nothing_left_on(path):
 PLACES = [
     ("npk run --force on the user's folder", user_files_with_force, CommandFailed,
      "mine: holds files npk did not make (no .npk-run); --force replaces only an npk run folder", kept("mine/notes.txt", "mine")),
+    ("a run beside a user's folder named like its swap (.x.old)", removal_of_the_users_folder, ValueError,
+     ".x.old: not an npk run folder (no .npk-run); npk deletes only its own folders", kept(".x.old/notes.txt", "mine")),
     ("npk gram --n 30 over the --n 20 output", rerun_with_another_n, CommandFailed,
      "g.npy holds a complete Gram of another command (data differ; see {tmp}/g.json); pass --force", kept_first_gram),
     ("npk gram --n 30 over an unfinished --n 20 store", rerun_over_a_kept_store, CommandFailed,
@@ -554,7 +566,7 @@ def test_a_folder_store_or_output_is_never_lost_or_misread(tmp_path, make, error
 
 
 def test_the_tables_count_the_cases():
-    assert len(LIBRARY) + len(COMMAND) + len(FILES) + len(PLACES) == 81
+    assert len(LIBRARY) + len(COMMAND) + len(FILES) + len(PLACES) == 82
     assert json.dumps([c[0] for c in LIBRARY + COMMAND + FILES + PLACES])  # every case is named
 
 

@@ -10,7 +10,7 @@ Beside a run folder <parent>/<name>:
                    interrupted forced rerun resumes from it on the next forced run.
     .<name>.old    the replaced run during the swap (deleted after it; put back if the swap was cut).
 
-A run folder holds the marker .npk-run (older runs: config.json, versions.json and results.json): a
+A run folder holds the marker .npk-run (older runs: config.json and versions.json): a
 forced rerun replaces, and any removal deletes, only a folder that has it; a folder of the user's own
 files is refused with one line naming it.
 
@@ -168,8 +168,8 @@ class RunFolder:
 
 
 def is_run_folder(folder: Path) -> bool:
-    """Whether npk made `folder` as a run folder: its marker, or the three files every older run wrote."""
-    return (folder / MARKER).is_file() or all((folder / f).is_file() for f in ("config.json", "versions.json", RESULTS))
+    """Whether npk made `folder` as a run folder: its marker, or the two files every older run wrote first."""
+    return (folder / MARKER).is_file() or all((folder / f).is_file() for f in ("config.json", "versions.json"))
 
 
 def remove_run(folder: Path) -> None:
@@ -205,8 +205,7 @@ def unfinished_runs(parent: Path, skip=(), limit: int = 5) -> list[str]:
     try:
         folders = sorted(p for p in parent.iterdir() if not p.name.startswith(".") and p.name not in skip)
         for folder in folders:
-            is_run = (folder / "config.json").is_file() and (folder / "versions.json").is_file()
-            if not is_run or running(sibling(folder, "lock")):
+            if not is_run_folder(folder) or running(sibling(folder, "lock")):
                 continue
             results = _results(folder)
             if results.get("finished") is not True:
