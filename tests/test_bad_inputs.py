@@ -25,7 +25,7 @@ import npk
 from npk import cli, data, models
 from npk.experiments.folder import RunFolder
 from npk.fit import gp_posterior, kernel_ridge
-from npk.kernels.gram import NO_LIMIT, cgroup_headroom
+from npk.kernels.memory import NO_LIMIT, cgroup_headroom
 from npk.models import regimes
 from npk.kernels.infinite import expected_npk, infinite_ntk
 from npk.kernels.npk import npk_gram

@@ -37,7 +37,8 @@ from ..models.base import GatedNet, check_input
 from ..models.gates import check_kind
 from .compact import (LayerGates, compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates,
                       model_selections, unpack_gates)
-from .gram import TileKernel, available_memory, blocked_gram, dtype_size, preflight
+from .gram import TileKernel, blocked_gram, dtype_size, preflight
+from .memory import available_memory
 from ..validate import byte_count, check_gram_request
 
 # bytes for the pair kernels of one block: on a CPU, blocks whose tensors stay under glibc's mmap threshold
