@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -44,15 +45,38 @@ def positive_int(text: str) -> int:
     return value
 
 
+def thread_count(text: str) -> int:
+    """argparse type: an int from 1 to 4 x the CPU cores (more threads than that only risk a crash)."""
+    value, most = positive_int(text), 4 * (os.cpu_count() or 1)
+    if value > most:
+        raise argparse.ArgumentTypeError(f"expected at most {most} (4 x the {os.cpu_count()} CPU cores), got {text!r}")
+    return value
+
+
 def parse_assignment(text: str) -> tuple[str, object]:
-    """'key=value' -> (key, value), the value read as JSON when it parses (numbers, lists, true) else a string."""
+    """'key=value' -> (key, value), the value read as JSON when it parses (numbers, lists, true) else a string;
+    NaN, Infinity and numbers beyond float range are refused."""
     if "=" not in text or not text.split("=", 1)[0]:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     key, value = text.split("=", 1)
     try:
-        return key, json.loads(value)
+        parsed = json.loads(value, parse_constant=_not_finite, parse_float=_finite_float)
     except json.JSONDecodeError:
         return key, value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key}: expected a finite number, got {value!r}") from None
+    return key, parsed
+
+
+def _not_finite(text: str):
+    raise ValueError(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="assignments", type=parse_assignment, action="append", default=[],
                        metavar="KEY=VALUE", help="override one config key (repeatable)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-        p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice); 1 is "
+        p.add_argument("--threads", type=thread_count, help="torch CPU threads (default: torch's choice); 1 is "
                        "often fastest for small nets on a busy machine")
 
     add_run_options(sub.add_parser("demo", help="the tour: networks vs their kernels, theorem checks, spectra"))
@@ -170,6 +194,8 @@ def main(argv=None) -> int:
         if args.threads:
             import torch
             torch.set_num_threads(args.threads)
+        if args.out is not None and not args.out.strip():
+            raise UsageError("--out '': expected a folder path (omit --out for runs/<name>)")
         overrides = overrides_from(args)
         warn_ignored(args, merge_config(experiments.get(name), overrides, args.quick))
         try:

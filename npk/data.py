@@ -174,9 +174,11 @@ def load(name: str, root=None, n_train: int | None = None, n_test: int | None = 
     keep = _resolve_classes(raw.classes, classes, binary)
     if keep is not None:
         raw = _select_classes(raw, keep)
-    raw = _subset(raw, n_train, n_test, seed)
+    raw, kept = _subset(raw, n_train, n_test, seed)
     X_train, X_test, stats = _to_tensors(raw, standardize, dtype)
     info = {"source": raw.source, "seed": seed, "standardize": standardize, "scale": raw.scale, **stats}
+    if kept:
+        info["indices"] = kept    # {split: indices into the official split (after classes=) kept by n_*}
     if name == "cifar100":
         info["label_mode"] = label_mode
     ds = Dataset(X_train, torch.from_numpy(raw.y_train), X_test, torch.from_numpy(raw.y_test),
@@ -449,17 +451,18 @@ def stratified_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64)
 
 
-def _subset(raw: _Raw, n_train, n_test, seed: int) -> _Raw:
-    """Seeded stratified subsets; the train and test draws use independent streams."""
-    out = {}
+def _subset(raw: _Raw, n_train, n_test, seed: int) -> tuple[_Raw, dict]:
+    """Seeded stratified subsets, and {split: the indices kept} for the subsetted splits; the train and test
+    draws use independent streams."""
+    out, kept = {}, {}
     for split, n, stream in (("train", n_train, 1), ("test", n_test, 2)):
         x, y = getattr(raw, "x_" + split), getattr(raw, "y_" + split)
         if n is not None:
             _check_count(f"n_{split}", n, len(y), split)
             idx = stratified_indices(y, int(n), np.random.default_rng([seed, stream]))
-            x, y = x[idx], y[idx]
+            x, y, kept[split] = x[idx], y[idx], idx.tolist()
         out["x_" + split], out["y_" + split] = x, y
-    return dataclasses.replace(raw, **out)
+    return dataclasses.replace(raw, **out), kept
 
 
 def _check_count(arg: str, n, available: int, split: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import uuid
 import zipfile
 from pathlib import Path
@@ -61,3 +62,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_free_disk(folder: str | os.PathLike, need: int, what: str) -> None:
+    """An OSError naming `what` unless the file system of `folder` has `need` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise OSError(f"{what} needs about {need / 2**20:.4g} MiB of disk but only {free / 2**20:.4g} MiB is "
+                          f"free in {folder}; free disk space, or choose a folder on another disk")

@@ -6,6 +6,7 @@ Each check returns the value it accepted (converted where that is lossless), so 
 from __future__ import annotations
 
 import math
+import re
 from numbers import Integral, Real
 
 import torch
@@ -47,6 +48,28 @@ def finite_number(name: str, value, minimum: float | None = None, strict: bool =
         bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return float(value)
+
+
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def byte_count(name: str, value) -> int:
+    """`value` as a positive whole number of bytes: an int, a finite float, or a text like '512MiB', '2GB', '1e9'.
+
+    Example: byte_count("max_memory", "8GiB") -> 8589934592;  byte_count("max_memory", float("nan")) -> ValueError.
+    """
+    number = value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
+        try:
+            number = float(match.group(1)) * UNITS[match.group(2).lower()]
+        except (AttributeError, KeyError, ValueError):
+            number = None
+    ok = isinstance(number, Real) and not isinstance(number, bool) and math.isfinite(number) and number >= 1
+    if not ok:
+        raise ValueError(f"{name} must be a positive number of bytes like 8GiB, 512MiB or 1e9, got {value!r}")
+    return int(number)
 
 
 def nonempty_samples(name: str, X) -> None:

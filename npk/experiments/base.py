@@ -15,6 +15,7 @@ every stage as "reused", "computed" or "recomputed: <why>" under "stages".
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ def merge_config(exp: Experiment, overrides: dict[str, Any] | None, quick: bool 
 
 
 NULLABLE = ("data_root", "n_train", "n_test")  # null: the default folders, every sample
-TYPE_WORDS = ((bool, "true or false"), (int, "an int"), (float, "a number"), (str, "a string"), (list, "a list"),
+TYPE_WORDS = ((bool, "true or false"), (int, "an int"), (float, "a finite number"), (str, "a string"), (list, "a list"),
          (dict, "a mapping"))
 
 
@@ -92,7 +93,7 @@ def check_type(exp: Experiment, key: str, value) -> None:
         if isinstance(example, kind):
             ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
             if kind is float:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if kind is list:
                 ok = isinstance(value, (list, tuple))
             if not ok:

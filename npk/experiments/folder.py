@@ -10,6 +10,10 @@ Beside a run folder <parent>/<name>:
                    interrupted forced rerun resumes from it on the next forced run.
     .<name>.old    the replaced run during the swap (deleted after it; put back if the swap was cut).
 
+A run folder holds the marker .npk-run (older runs: config.json and versions.json): a
+forced rerun replaces, and any removal deletes, only a folder that has it; a folder of the user's own
+files is refused with one line naming it.
+
 A run that fails or is interrupted records why in results.json ("stopped"); one that fails before
 saving anything worth resuming removes the folder it created. The next run in the same parent folder
 lists the unfinished runs there.
@@ -25,7 +29,8 @@ from pathlib import Path
 from ..locks import FolderLock, LockBusy, running
 from ..report import RESULTS, write_json
 
-KEEP_NOTHING = {"config.json", "versions.json", RESULTS, "report.md", "cache"}  # a folder of only these is empty
+MARKER = ".npk-run"
+KEEP_NOTHING = {"config.json", "versions.json", RESULTS, "report.md", "cache", MARKER}  # a folder of only these is empty
 
 
 class RunFolderError(ValueError):
@@ -104,7 +109,7 @@ class RunFolder:
         old, new = sibling(self.target, "old"), sibling(self.target, "new")
         if old.exists():
             if self.target.exists():  # the swap finished; only deleting the old run was cut
-                shutil.rmtree(old)
+                remove_run(old)
             else:
                 os.rename(old, self.target)
                 self.notes.append(f"put back the finished run of {self.target}: a forced rerun was cut while "
@@ -115,6 +120,9 @@ class RunFolder:
             self.notes.append(f"swapped in the finished forced rerun of {self.target}: the run that made it "
                               f"stopped before swapping it in")
         if self.force:
+            if self.target.exists() and any(self.target.iterdir()) and not is_run_folder(self.target):
+                raise RunFolderError(f"{self.target}: holds files npk did not make (no {MARKER}); --force replaces "
+                                     f"only an npk run folder; choose another --out, or empty that folder")
             if new.exists():
                 self.notes.append(f"resuming the interrupted forced rerun in {new}")
             self.path = new
@@ -125,6 +133,8 @@ class RunFolder:
             self.path = self.target
         self.created = not self.path.exists()
         self.path.mkdir(exist_ok=True)
+        if self.created or is_run_folder(self.path):
+            (self.path / MARKER).touch()
         stopped = _results(self.path).get("stopped")
         if stopped and _results(self.path).get("finished") is not True:
             self.notes.append(f"resuming {self.path}: the last run there stopped at {stopped.get('at')} "
@@ -142,19 +152,34 @@ class RunFolder:
         if self.target.exists():
             os.rename(self.target, old)
         os.rename(self.path, self.target)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_run(old)
         self.path = self.target
 
     def stopped(self, results: dict, error: BaseException) -> None:
         """Record why the run stopped in results.json, or remove the folder when it created it and holds
         nothing worth resuming."""
         if self.created and _nothing_saved(self.path):
-            shutil.rmtree(self.path, ignore_errors=True)
+            remove_run(self.path)
             return
         reason = "interrupted" if isinstance(error, KeyboardInterrupt) else \
             f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
         results["stopped"] = {"at": now(), "reason": reason}
         write_json(self.path / RESULTS, results)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether npk made `folder` as a run folder: its marker, or the two files every older run wrote first."""
+    return (folder / MARKER).is_file() or all((folder / f).is_file() for f in ("config.json", "versions.json"))
+
+
+def remove_run(folder: Path) -> None:
+    """Delete a run folder npk made; refuse (RunFolderError naming it) any other folder."""
+    if not folder.exists():
+        return
+    if not is_run_folder(folder):
+        raise RunFolderError(f"{folder}: not an npk run folder (no {MARKER}); npk deletes only its own folders, "
+                             f"move or delete it yourself")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _results(folder: Path) -> dict:
@@ -180,8 +205,7 @@ def unfinished_runs(parent: Path, skip=(), limit: int = 5) -> list[str]:
     try:
         folders = sorted(p for p in parent.iterdir() if not p.name.startswith(".") and p.name not in skip)
         for folder in folders:
-            is_run = (folder / "config.json").is_file() and (folder / "versions.json").is_file()
-            if not is_run or running(sibling(folder, "lock")):
+            if not is_run_folder(folder) or running(sibling(folder, "lock")):
                 continue
             results = _results(folder)
             if results.get("finished") is not True:

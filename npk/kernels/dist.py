@@ -5,6 +5,11 @@ each task gets the two input slices of its tile, computes the tile and, when the
 writes its record to the store (a path all workers share). The client places the tiles as they come.
 A worker that dies loses its running tasks; the scheduler reruns them elsewhere, so the Gram is the
 same as a serial run. At most `4 x threads` tasks are in flight, so no list of all tiles is built.
+Before any task, every worker must see the store (the lock file this client holds, same content): a
+worker on a machine where the path is another folder is named at once. A tile the cluster loses for
+good (every worker died, the task was cancelled or failed) ends the run with one line naming it; the
+finished tiles stay in the store. An address is connected to within CONNECT_TIMEOUT seconds; pass your
+own Client(address, timeout=...) (or `npk gram --connect-timeout`) to wait longer.
 """
 from __future__ import annotations
 
@@ -12,12 +17,16 @@ import ctypes
 import functools
 from pathlib import Path
 
+from ..files import atomic_write
 from .tiles import TileKernel, take
-from .store import write_record
+from .store import LOCK_FILE, record_writer
+
+CONNECT_TIMEOUT = 5.0   # seconds: an address that refuses or is not a Dask scheduler fails fast
 
 
-def client_of(scheduler):
-    """(client, whether we opened it) for a dask.distributed Client or a scheduler address."""
+def client_of(scheduler, timeout: float = CONNECT_TIMEOUT):
+    """(client, whether we opened it) for a dask.distributed Client or a scheduler address (connected
+    within `timeout` seconds, else a ValueError naming the address)."""
     try:
         from distributed import Client
     except ImportError as err:
@@ -26,7 +35,12 @@ def client_of(scheduler):
     if isinstance(scheduler, Client):
         return scheduler, False
     if isinstance(scheduler, str):
-        return Client(scheduler), True
+        try:
+            return Client(scheduler, timeout=timeout), True
+        except Exception as err:   # noqa: BLE001  (refused, timed out, or a listener that is not Dask)
+            raise ValueError(f"scheduler {scheduler!r}: no Dask scheduler answered within {timeout:g} s "
+                             f"({type(err).__name__}); expected the address of a running dask scheduler, like "
+                             f"'tcp://host:8786'") from None
     raise ValueError(f"scheduler must be a dask.distributed Client or an address like 'tcp://host:8786', "
                      f"got {type(scheduler).__name__}")
 
@@ -36,15 +50,17 @@ def dask_tiles(scheduler, kernel: TileKernel, X, Y, todo, rows, cols, store):
     from distributed import as_completed
     client, opened = client_of(scheduler)
     try:
+        workers_write = store is not None and store.holds_tiles and not store.read_only
+        if workers_write:
+            check_workers_see(client, store)
         remote = client.scatter(kernel, broadcast=True, hash=False)
         in_flight = 4 * max(1, sum(client.nthreads().values()))
-        workers_write = store is not None and store.holds_tiles
         queue = as_completed(with_results=True)   # results are fetched in the background as tasks finish
         where = {}
 
         def submit(i, j):
-            future = client.submit(_tile_task, remote, take(X, rows[i]), take(Y, cols[j]),
-                                   str(store.path(i, j)) if workers_write else None, pure=False)
+            record = (str(store.path(i, j)), (i, j), store.id) if workers_write else None
+            future = client.submit(_tile_task, remote, take(X, rows[i]), take(Y, cols[j]), record, pure=False)
             where[future.key] = (i, j)
             queue.add(future)
 
@@ -55,6 +71,10 @@ def dask_tiles(scheduler, kernel: TileKernel, X, Y, todo, rows, cols, store):
                 break
         for future, tile in queue:
             i, j = where.pop(future.key)
+            if future.status != "finished" or isinstance(tile, BaseException):
+                raise RuntimeError(f"the Dask cluster lost tile ({i}, {j}) ({future.status}: "
+                                   f"{type(tile).__name__} {str(tile)[:80]}); its workers died or the task was "
+                                   f"cancelled; rerun with the same checkpoint_dir to resume")
             future.release()
             nxt = next(tiles, None)
             if nxt is not None:
@@ -65,13 +85,32 @@ def dask_tiles(scheduler, kernel: TileKernel, X, Y, todo, rows, cols, store):
             client.close()
 
 
-def _tile_task(kernel: TileKernel, xs, ys, record: str | None):
+def check_workers_see(client, store) -> None:
+    """A RuntimeError naming the workers that do not see the store's lock file as this client wrote it."""
+    mine = (store.dir / LOCK_FILE).read_text()
+    seen = client.run(_read_text, str(store.dir / LOCK_FILE))
+    blind = sorted(worker for worker, text in seen.items() if text != mine)
+    if blind:
+        raise RuntimeError(f"Dask worker(s) {', '.join(blind)} cannot see the tile store {store.dir} (missing "
+                           f"there, or another folder); give checkpoint_dir a path on a file system every "
+                           f"worker shares")
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _tile_task(kernel: TileKernel, xs, ys, record: tuple | None):
     import torch
     _plain_malloc()
     with torch.no_grad():
         tile = kernel.compute(xs, ys).to(kernel.dtype)
     if record is not None:
-        write_record(Path(record), tile, with_tile=True)
+        path, at, store = record
+        atomic_write(Path(path), record_writer(tile, True, at, store))
     return tile
 
 

@@ -4,18 +4,20 @@
 
 A kernel plugs in as a `TileKernel` (`npk.kernels.tiles`): one function `tile` from the features of two slices of inputs to
 their (n, m, ...) block. The driver
-  - checks memory first (`preflight`): the Gram (unless it goes to a file), what the kernel keeps for
-    all inputs (e.g. packed gates) and one tile's work, against `max_memory` or the memory available;
+  - checks the output first (`check_output`: writable, shape and dtype, free disk), then memory
+    (`preflight`): the Gram (unless it goes to a file), what the kernel keeps for all inputs (e.g. packed
+    gates) and one tile's work, against `max_memory` or `npk.kernels.memory.available_memory()`;
   - computes only the upper tiles of a symmetric Gram (Y None) and mirrors them, iterating tiles lazily;
   - writes into `out`: a new tensor, a numpy array / memmap, or a `.npy` path (a memmap, so a Gram larger
     than memory is filled tile by tile);
   - resumes from a `TileStore` in `checkpoint_dir` (`npk.kernels.store`), keyed by a fingerprint of the
-    model, the inputs, the kernel's options and the tiling;
+    model, the inputs, the kernel's options and the tiling, and checked before `out` is opened;
   - sends tiles to a Dask cluster with `scheduler=` (`npk.kernels.dist`); the result is the same, bit for bit.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import time
@@ -26,6 +28,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..files import check_free_disk
+from ..validate import byte_count
+from .memory import available_memory, memory_limit  # noqa: F401  (available_memory: still importable from here)
 from .store import TileStore, digest_tensors, model_fingerprint
 from .tiles import TileKernel, take
 
@@ -64,68 +69,57 @@ def blocked_gram(kernel: TileKernel, X, Y=None, *, block: int, out=None, checkpo
         raise ValueError(f"block (tile side in samples) must be a positive int, got {block!r}")
     block = min(block, max(N, M, 1))
     shape = (N, M, *kernel.extra_shape)
-    preflight(entry, {"Gram": 0 if out is not None else math.prod(shape) * dtype_size(kernel.dtype),
+    gram_bytes = math.prod(shape) * dtype_size(kernel.dtype)
+    check_output(out, shape, kernel.dtype)
+    preflight(entry, {"Gram": 0 if out is not None else gram_bytes,
                       **(resident or {}), "one tile": kernel.work_bytes(block, block)}, max_memory)
     fresh = out is not None and not Path(out).exists() if isinstance(out, (str, os.PathLike)) else False
-    H, array = _output(out, shape, kernel.dtype, _device(X))
     store = None
     if checkpoint_dir is not None:
         fingerprint = {"model": [model_fingerprint(m) for m in kernel.modules()],
                        "inputs": _inputs_digest(X, None if symmetric else Y), "kernel": kernel.key,
                        "tiling": {"N": N, "M": M, "block": block, "symmetric": symmetric, "dtype": str(kernel.dtype)}}
-        store = TileStore(checkpoint_dir, fingerprint, holds_tiles=not isinstance(array, np.memmap))
+        store = TileStore(checkpoint_dir, fingerprint, holds_tiles=not isinstance(out, (str, os.PathLike, np.memmap)))
     rows, cols = _cuts(N, block), _cuts(M, block)
     total = len(rows) * (len(rows) + 1) // 2 if symmetric else len(rows) * len(cols)
-    with _bar(total, progress, kernel.name, kernel.note) as bar, (store or contextlib.nullcontext()) as store:
+    with (store or contextlib.nullcontext()) as store:   # the store is checked before out is touched
+        if store is not None and store.holds_tiles:
+            written = sum(p.stat().st_size for p in store.dir.glob("tile_*.pt"))   # a resume needs the rest
+            check_free_disk(store.dir, gram_bytes * total // max(1, len(rows) * len(cols)) - written, "the tile store")
+        H, array = _output(out, shape, kernel.dtype, _device(X))
         if store is not None and fresh:
-            for path in store.dir.glob("tile_*.pt"):   # records of tiles in an output file that is gone
-                path.unlink()
+            store.forget_tiles()    # records of tiles in an output file that is gone
+        with _bar(total, progress, kernel.name, kernel.note) as bar:
 
-        def pending():   # lazily: the tiles not in the store (finished ones are placed on the way)
-            for i, j in _tiles(len(rows), len(cols), symmetric):
-                done = store.load(i, j, written=H[rows[i], cols[j]]) if store is not None else None
-                if done is None:
-                    yield i, j
-                    continue
-                _place(H, H[rows[i], cols[j]] if done is True else done, rows[i], cols[j], symmetric and i != j)
+            def pending():   # lazily: the tiles not in the store (finished ones are placed on the way)
+                for i, j in _tiles(len(rows), len(cols), symmetric):
+                    done = store.load(i, j, written=H[rows[i], cols[j]]) if store is not None else None
+                    if done is None:
+                        yield i, j
+                        continue
+                    _place(H, H[rows[i], cols[j]] if done is True else done, rows[i], cols[j], symmetric and i != j)
+                    bar.update()
+
+            todo = pending()
+            if scheduler is not None:
+                from .dist import dask_tiles
+                results = dask_tiles(scheduler, kernel, X, Y, todo, rows, cols, store)
+            else:
+                results = _serial_tiles(kernel, X, Y, todo, rows, cols, symmetric)
+            pairs, start = 0, time.perf_counter()
+            for i, j, tile in results:
+                _place(H, tile, rows[i], cols[j], symmetric and i != j)
+                pairs += tile.shape[0] * tile.shape[1]
+                bar.set_postfix_str(f"{(time.perf_counter() - start) * 1e3 / pairs:.3g} ms/pair", refresh=False)
+                if store is not None and not (scheduler is not None and store.holds_tiles):   # workers wrote those
+                    store.save(i, j, H[rows[i], cols[j]])
                 bar.update()
-
-        todo = pending()
-        if scheduler is not None:
-            from .dist import dask_tiles
-            results = dask_tiles(scheduler, kernel, X, Y, todo, rows, cols, store)
-        else:
-            results = _serial_tiles(kernel, X, Y, todo, rows, cols, symmetric)
-        pairs, start = 0, time.perf_counter()
-        for i, j, tile in results:
-            _place(H, tile, rows[i], cols[j], symmetric and i != j)
-            pairs += tile.shape[0] * tile.shape[1]
-            bar.set_postfix_str(f"{(time.perf_counter() - start) * 1e3 / pairs:.3g} ms/pair", refresh=False)
-            if store is not None and not (scheduler is not None and store.holds_tiles):   # workers wrote those
-                store.save(i, j, H[rows[i], cols[j]])
-            bar.update()
     if array is not None and hasattr(array, "flush"):
         array.flush()
     return H
 
 
 # ----------------------------------------------------------------------------------- memory
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation now (Linux MemAvailable; else psutil; else free pages)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def preflight(entry: str, parts: dict[str, int], max_memory: int | None = None) -> int:
     """Refuse, before anything is allocated, a computation whose memory estimate exceeds the limit.
 
@@ -142,14 +136,15 @@ def preflight(entry: str, parts: dict[str, int], max_memory: int | None = None) 
         MemoryError: npk_gram needs about 10 GiB (Gram 10 GiB) but max_memory is 1 GiB; ...
     """
     need = sum(parts.values())
-    limit = available_memory() if max_memory is None else int(max_memory)
+    limit, source = memory_limit() if max_memory is None else (byte_count("max_memory", max_memory), "")
     if need > limit:
         detail = ", ".join(f"{k} {format_bytes(v)}" for k, v in parts.items() if v)
-        where = f"max_memory is {format_bytes(limit)}" if max_memory is not None else \
-            f"only {format_bytes(limit)} is available"
+        where = f"max_memory is {format_bytes(limit)}" if not source else \
+            f"only {format_bytes(limit)} is {source}"
+        to_disk = "out= a .npy file (the Gram then lives on disk) with checkpoint_dir= to resume, " \
+            if parts.get("Gram") else ""
         raise MemoryError(f"{entry} needs about {format_bytes(need)} ({detail}) but {where}; use a smaller N, "
-                          f"out= a .npy file (the Gram then lives on disk) with checkpoint_dir= to resume, "
-                          f"a smaller memory_budget (smaller tiles), or raise max_memory")
+                          f"{to_disk}a smaller memory_budget (smaller tiles), or raise max_memory")
     return need
 
 
@@ -180,25 +175,67 @@ def dtype_size(dtype: torch.dtype) -> int:
 
 
 # ----------------------------------------------------------------------------------- output
+def check_output(out, shape: tuple, dtype: torch.dtype) -> None:
+    """Refuse, before anything is computed or written, an `out` that cannot take the Gram: the wrong type,
+    shape or dtype, a read-only array, a path that is not a writable .npy file, or too little free disk."""
+    np_dtype = np.dtype(torch.empty((), dtype=dtype).numpy().dtype)
+    if out is None:
+        return
+    if isinstance(out, np.ndarray):
+        if out.shape != shape or out.dtype != np_dtype:
+            raise ValueError(f"out must have shape {shape} and dtype {np_dtype}, got {out.shape} {out.dtype}")
+        if not out.flags.writeable:
+            raise ValueError("out is read-only (a memmap opened with mode 'r', or flags.writeable False); pass a "
+                             "writable array, e.g. np.load(path, mmap_mode='r+'), or a .npy path")
+        return
+    if not isinstance(out, (str, os.PathLike)):
+        raise ValueError(f"out must be None, a numpy array / memmap or a .npy path, got {type(out).__name__}")
+    path = Path(out)
+    if path.suffix != ".npy" or not str(out).strip():
+        raise ValueError(f"out must be a numpy array or a path ending in .npy, got {str(out)!r}")
+    if path.is_dir() or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"out {path}: {'is a folder' if path.is_dir() else 'is not writable'}; expected a "
+                         f"writable .npy file (new or holding this Gram)")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise ValueError(f"out {path}: the folder {path.parent} {'does not exist' if not path.parent.is_dir() else 'is not writable'}; "
+                         f"create it, or choose a writable folder")
+    need = math.prod(shape) * np_dtype.itemsize
+    check_free_disk(path.parent, need - (path.stat().st_size if path.exists() else 0), f"out {path}")
+
+
 def _output(out, shape: tuple, dtype: torch.dtype, device) -> tuple[torch.Tensor, np.ndarray | None]:
-    """(tensor to fill, the numpy array behind it or None) for out = None, an array, or a .npy path."""
+    """(tensor to fill, the numpy array behind it or None) for out = None, an array, or a .npy path (checked
+    by `check_output`); a new file's blocks are reserved, so a full disk is an error now, not a SIGBUS later."""
     if out is None:
         return torch.empty(shape, dtype=dtype, device=device), None
+    if isinstance(out, np.ndarray):
+        return torch.from_numpy(out), out
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-    if isinstance(out, (str, os.PathLike)):
-        path = Path(out)
-        if path.suffix != ".npy":
-            raise ValueError(f"out must be a numpy array or a path ending in .npy, got {str(out)!r}")
-        array = np.load(path, mmap_mode="r+") if path.exists() else None
-        if array is None or array.shape != shape or array.dtype != np_dtype:
-            array = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=shape)
-    elif isinstance(out, np.ndarray):
-        array = out
-        if array.shape != shape or array.dtype != np_dtype:
-            raise ValueError(f"out must have shape {shape} and dtype {np_dtype}, got {array.shape} {array.dtype}")
-    else:
-        raise ValueError(f"out must be None, a numpy array / memmap or a .npy path, got {type(out).__name__}")
+    path = Path(out)
+    array = np.load(path, mmap_mode="r+") if path.exists() else None
+    if array is None or array.shape != shape or array.dtype != np_dtype:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=shape)
+        try:
+            reserve(path)
+        except OSError:
+            del array
+            path.unlink()   # it held nothing yet
+            raise
     return torch.from_numpy(array), array
+
+
+def reserve(path: Path) -> None:
+    """Allocate the blocks of a (sparse) file now; OSError naming it when the disk is full."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):   # a file system without fallocate
+            return
+        raise OSError(f"out {path}: cannot reserve {format_bytes(os.fstat(fd).st_size)} for the Gram "
+                      f"({err.strerror}); free disk space, or choose another folder") from None
+    finally:
+        os.close(fd)
 
 
 def _place(H: torch.Tensor, tile: torch.Tensor, rs: slice, cs: slice, mirror: bool) -> None:

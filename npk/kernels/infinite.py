@@ -46,6 +46,7 @@ import torch
 
 from .. import graph
 from ..models.base import GatedNet, check_input
+from ..validate import check_gram_request, finite_number
 from .gram import TileKernel, blocked_gram
 from .npk import DEFAULT_MEMORY_BUDGET, block_size
 from .rules import conv_sum, overlap, pair_rule
@@ -84,6 +85,7 @@ def infinite_ntk(X: torch.Tensor, Y: torch.Tensor | None = None, *, depth: int, 
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not isinstance(depth, int) or depth < 0:
         raise ValueError(f"depth (the number of hidden ReLU layers) must be an int >= 0, got {depth!r}")
+    W_std, b_std = finite_number("W_std", W_std, 0), finite_number("b_std", b_std, 0)
     X = _as_matrix(X, "X")
     Y = X if Y is None else _as_matrix(Y, "Y")
     if Y.shape[1] != X.shape[1] or Y.dtype != X.dtype or Y.device != X.device:
@@ -146,7 +148,7 @@ def _as_matrix(X, name: str) -> torch.Tensor:
 # ------------------------------------------------------------------------------ expected NPK
 def expected_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool | None = None,
-                 max_memory: int | None = None) -> torch.Tensor:
+                 max_memory: int | None = None, *, out=None, checkpoint_dir=None) -> torch.Tensor:
     """The expected NPK of `model`'s architecture at a random He-initialised gating network: (N, M).
 
     Only the architecture is read (op list, gating kind, value input, unit counts), never the weights.
@@ -155,7 +157,8 @@ def expected_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None
     Linear, Gate, AvgPool, GlobalAvgPool, Flatten, Readout (a Residual's expected gates would depend on
     the block-output scaling of its initialisation; a MaxPool's selection has no closed form). Tiles of
     samples keep the pair kernels under `memory_budget` bytes; filled by `npk.kernels.gram.blocked_gram`
-    (only the upper tiles when Y is None; `max_memory` and `progress` as in `npk_gram`).
+    (only the upper tiles when Y is None; `max_memory`, `progress`, `out` and `checkpoint_dir` as in
+    `npk_gram`).
     """
     if not isinstance(model, GatedNet):
         raise TypeError(f"expected_npk needs an npk gated model (npk.models.*), got {type(model).__name__}")
@@ -170,9 +173,11 @@ def expected_npk(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None
     Y = X if Y is None else check_input(Y, model.input_shape, "Y")
     if Y.dtype != X.dtype or Y.device != X.device:
         raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
+    check_gram_request(X, Y, memory_budget)
     block = block_size(model, X.element_size(), memory_budget)
     return blocked_gram(ExpectedTiles(model, X.dtype, memory_budget), X, None if Y is X else Y, block=block,
-                        progress=progress, max_memory=max_memory, entry="expected_npk")
+                        progress=progress, max_memory=max_memory, out=out, checkpoint_dir=checkpoint_dir,
+                        entry="expected_npk")
 
 
 class ExpectedTiles(TileKernel):

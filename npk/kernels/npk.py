@@ -20,11 +20,12 @@ from ..models.base import GatedNet, check_input
 from ..models.gates import check_kind
 from .compact import (LayerGates, compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates,
                       model_selections, unpack_gates)
-from .gram import TileKernel, available_memory, blocked_gram, dtype_size, preflight
+from .gram import TileKernel, blocked_gram, dtype_size, preflight
+from .memory import available_memory
 from .offsets import overlap
 from .rules import (GatePair, Pair, collapsed_gates, gate_rule, gated_select_rule, pair_rule, pooled_gates,
                     sums_channels)
-from ..validate import check_gram_request
+from ..validate import byte_count, check_gram_request
 
 # bytes for the pair kernels of one block: on a CPU, blocks whose tensors stay under glibc's mmap threshold
 # are several times faster than large ones (a large tensor is freshly mapped and page-faulted at every op)
@@ -81,6 +82,7 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
     parts = {"Gram": 0 if out is not None else len(X) * len(Y) * X.element_size(),
              "one tile": kernel.work_bytes(block, block)}
     resident = {"gates": kernel.gate_bytes(n_gated), "max-pool selections": kernel.selection_bytes(n_gated)}
+    max_memory = None if max_memory is None else byte_count("max_memory", max_memory)
     room = (max_memory if max_memory is not None else available_memory()) - sum(parts.values())
     if sum(resident.values()) > room // 2:       # the gates of all inputs do not fit: computed per tile
         resident, kernel.precomputed = {}, False
