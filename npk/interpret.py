@@ -228,3 +228,22 @@ def _receptive_field(model: GatedNet, layer: int) -> tuple[list[int], list[int],
             size[a] += (ax.kernel - 1) * ax.dilation * jump[a]
             jump[a] *= ax.stride
     return start, jump, size
+
+
+def on_grid(model: GatedNet, xlim: tuple[float, float], ylim: tuple[float, float], n: int = 200) -> dict:
+    """A 2-input model on an n x n grid: {"xx", "yy", "qs": per gated layer (units, n, n), "f": (n, n) score}.
+
+    The score is the output for one output, else the difference of the last two outputs (class 1 minus
+    class 0 for two classes); `npk.plots.arrangement` draws it.
+    """
+    if model.input_shape != (2,):
+        raise ValueError(f"on_grid draws models of 2-D inputs, got input shape {model.input_shape}")
+    param = next(model.parameters())
+    xx, yy = torch.meshgrid(torch.linspace(*xlim, n, dtype=param.dtype), torch.linspace(*ylim, n, dtype=param.dtype),
+                            indexing="xy")
+    grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1).to(param.device)
+    with torch.no_grad():
+        qs = [q.T.reshape(-1, n, n).cpu() for q in model.gating_preactivations(grid)]
+        out = model(grid)
+    f = out[:, 0] if out.shape[1] == 1 else out[:, -1] - out[:, -2]
+    return {"xx": xx, "yy": yy, "qs": qs, "f": f.reshape(n, n).cpu()}

@@ -1,10 +1,16 @@
 """The primal map: q_l(x) = A_l x + b_l for linear gating networks (exact, float64), local maps of a DNN / DGN,
-conv nets' effective filters against the rows of A, selections and refusals."""
+conv nets' effective filters against the rows of A, selections and refusals; the primal-dual experiment."""
+import json
+
 import pytest
 import torch
 from torch import nn
 
 import npk
+from npk.experiments import run_experiment
+from npk.experiments.common import kernel_subset, load_data
+from npk.files import load_pt
+from npk.fit import kernel_ridge
 from npk.interpret import effective_filters, gating_map
 
 
@@ -143,3 +149,40 @@ def test_bad_requests_fail_with_one_clear_line(call, error, message):
     dnn = npk.models.DNN(3, [4], 2).double()
     with pytest.raises(error, match=message):
         call(conv, dnn)
+
+
+# ------------------------------------------------------------------------------------------ the experiment
+@pytest.fixture(scope="module")
+def primal_dual_run(tmp_path_factory):
+    folder = run_experiment("primal-dual", tmp_path_factory.mktemp("pd") / "run", quick=True, progress=False)
+    return folder, json.loads((folder / "results.json").read_text())["primal_dual"]
+
+
+def test_primal_dual_numbers_are_exact_where_they_can_be(primal_dual_run):
+    folder, r = primal_dual_run
+    assert r["primal"]["map_check_rel_error"] < 1e-10                       # q = A x + b on the test set
+    assert max(r["npk_gram_rel_error"].values()) < 1e-12                    # (X X^T) ⊙ prod_l O_l = npk_gram
+    assert r["ks"] == [1, 5, 10, 50, 100] and r["n_kernel"] == 100
+    grams = load_pt(folder / "cache" / "layered-grams.pt")["value"]
+    y = load_data({"dataset": "digits", "n_train": 200, "n_test": 100, "seed": 0}, flatten=True)
+    index = kernel_subset(y, 100, 0)
+    for name in grams:
+        k = r["kernels"][name]
+        full = kernel_ridge(grams[name]["train"], y.y_train[index], grams[name]["test"], y.y_test, seed=0).accuracy
+        assert k["top_k_ridge"]["100"] == full                              # k = N: the whole kernel
+        assert k["top_k_ridge"]["1"] <= 0.3                                  # one eigenvector cannot tell 10 classes
+        assert r["per_layer_alignment"][name]["partial"][-1] == pytest.approx(k["centered_alignment"], abs=1e-12)
+        assert k["spectrum"][0] == 1 and k["decay_slope"] < 0
+    assert set(r["kernels"]) == {"DLGN NPK", "DLGN NPK (hard gates)", "DNN NPK", "DLGN NPK (init)", "DNN NPK (init)",
+                                 "inputs X X^T"} and len(r["pairs"]) == 7
+    assert all(0 <= v <= 1 + 1e-12 for pair in r["pairs"].values() for v in pair.values())
+    report = (folder / "report.md").read_text()
+    for name in ("primal-fc-maps", "primal-conv-filters", "primal-moons", "spectral-decay", "spectral-angles",
+                 "spectral-topk", "dual-layers", "dual-alignment"):
+        assert (folder / "figures" / f"{name}.png").stat().st_size > 5000 and f"figures/{name}.png" in report
+    assert "What they cannot settle" in report
+
+
+def test_primal_dual_refuses_an_empty_k_list(tmp_path):
+    with pytest.raises(ValueError, match="ks must be a non-empty list of positive ints"):
+        run_experiment("primal-dual", tmp_path / "run", overrides={"ks": []}, quick=True, progress=False)
