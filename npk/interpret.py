@@ -21,7 +21,7 @@ paths through the padded positions of the layers in between, so A's row is not a
 
 Cost: A holds n_q * n_x numbers (n_q the selected pre-activations, n_x = numel(x)). It is computed
 exactly by automatic differentiation (torch.func): min(n_q, n_x) vector products with the gating
-network (reverse mode when n_q <= n_x), vmapped in chunks of CHUNK, so memory is A plus one chunk's
+network (reverse mode when n_q <= n_x), vmapped in chunks of CHUNK = 64, so memory is A plus 64 passes'
 activations. Maps larger than `max_bytes` are refused; `channels=` and `positions=` pick a part of q.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .models.base import GatedNet
 
 LINEAR_GATINGS = ("linear", "shallow")
 MAX_BYTES = 2 ** 30
-CHUNK = 256
+CHUNK = 64
 
 
 def gating_map(model: GatedNet, layer: int, x: torch.Tensor | None = None, *, channels: Sequence[int] | None = None,

@@ -278,7 +278,7 @@ def arrangement(panels: Mapping[str, Mapping], X, y, path=None, title: str = "Ga
 
 @styled
 def layer_kernels(kernels: Mapping[str, Mapping[str, object]], y, path=None,
-                  title: str = "Gate-overlap kernels layer by layer", max_points: int = 400):
+                  title: str = "Gate-overlap kernels layer by layer", max_points: int = 1200):
     """Rows: models; columns: the Grams of kernels[model] ({label: (N, N) Gram}, e.g. each layer's overlap
     G_l G_l^T and their product, the NPK), samples sorted by class; last column: their normalised spectra."""
     n_cols = max(len(ks) for ks in kernels.values())

@@ -22,6 +22,8 @@ for the DLGN (its soft gates, and its hard gates), the DNN, and both at initiali
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,8 +33,8 @@ from ..fit import kernel_ridge
 from ..interpret import effective_filters, gating_map, on_grid
 from ..kernels.linalg import centered_alignment, principal_angles, spectrum
 from ..kernels.npk import npk_gram
-from ..models import DLGN, DNN
 from ..plots import arrangement, filter_grid, layer_kernels, new_figure, save_figure, spectrum_plot, versus_k
+from ..report import markdown_table
 from .base import experiment
 from .common import kernel_subset, load_data, make_model, train_net
 
@@ -276,3 +278,26 @@ def _summary(r: dict) -> str:
             f"the DNN here is evidence that a linear gating network can reach the DNN's learnt spectrum on this task, "
             f"not that it can approximate every spectrum (universality), and a gap could come from training rather "
             f"than from what DLGN gates can express.")
+
+
+def readme_table(folders) -> str:
+    """The README's markdown table of finished primal-dual runs (one row per run folder's results.json)."""
+    rows = []
+    for folder in folders:
+        saved = json.loads((Path(folder) / "results.json").read_text())
+        r, cfg = saved["primal_dual"], saved["config"]
+        k, net = r["kernels"], r["network_accuracy"]
+        small, big = (str(v) for v in (r["angle_ks"][0], r["angle_ks"][-1]))
+
+        def cos(pair):
+            return f"{r['pairs'][pair][small]:.3f} / {r['pairs'][pair][big]:.3f}"
+        ridge = [k[name]["top_k_ridge"][key] for key in (small, str(r["n_kernel"])) for name in ("DLGN NPK", "DNN NPK")]
+        rows.append([cfg["dataset"], f"{r['n_kernel']} / {r['n_test']}", net["DLGN"], net["DNN"],
+                     *[k[name]["centered_alignment"] for name in ("DLGN NPK", "DNN NPK", "DLGN NPK (init)", "inputs X X^T")],
+                     cos("DLGN NPK vs DNN NPK"), cos("DLGN NPK (init) vs DNN NPK"), cos("inputs X X^T vs DNN NPK"),
+                     cos("DLGN gates vs DNN gates"), cos("DLGN gates (init) vs DNN gates"), *ridge])
+    ks = f"top-{small} / top-{big}"
+    return markdown_table(rows, ["data", "N kernel / test", "DLGN net", "DNN net", "align DLGN", "align DNN",
+                                 "align DLGN init", "align X X^T", f"cos DLGN-DNN, {ks}", f"cos DLGN init-DNN, {ks}",
+                                 f"cos X X^T-DNN, {ks}", f"cos gates, {ks}", f"cos gates DLGN init, {ks}",
+                                 f"KRR top-{small} DLGN", f"KRR top-{small} DNN", "KRR DLGN", "KRR DNN"], ".3f")
