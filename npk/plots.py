@@ -44,17 +44,17 @@ def new_figure(ax=None, path=None, figsize=(5.5, 4.0), ncols: int = 1, nrows: in
     return fig, axes[0, 0] if nrows * ncols == 1 else axes
 
 
-def save_figure(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, path, dpi: int = DPI) -> Path:
     """Save `fig` as a PNG at `path` (folders created; written to a temporary file, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     return path
 
 
-def _finish(fig: Figure, path) -> Figure:
+def _finish(fig: Figure, path, dpi: int = DPI) -> Figure:
     if path is not None:
-        save_figure(fig, path)
+        save_figure(fig, path, dpi)
     return fig
 
 
@@ -273,27 +273,31 @@ def arrangement(panels: Mapping[str, Mapping], X, y, path=None, title: str = "Ga
             ax.set_aspect("equal")
         top.legend(loc="lower left", fontsize=7, frameon=True)
     fig.suptitle(title)
-    return _finish(fig, path)
+    return _finish(fig, path, dpi=100)     # per-pixel detail: 150 dpi would triple the file
 
 
 @styled
 def layer_kernels(kernels: Mapping[str, Mapping[str, object]], y, path=None,
-                  title: str = "Gate-overlap kernels layer by layer", max_points: int = 1200):
+                  title: str = "Gate-overlap kernels layer by layer", max_points: int = 150):
     """Rows: models; columns: the Grams of kernels[model] ({label: (N, N) Gram}, e.g. each layer's overlap
-    G_l G_l^T and their product, the NPK), samples sorted by class; last column: their normalised spectra."""
+    G_l G_l^T and their product, the NPK), samples sorted by class (every s-th of N > max_points shown, as in
+    `gram_heatmap`); last column: their normalised spectra (of the whole Grams)."""
     n_cols = max(len(ks) for ks in kernels.values())
-    fig, axes = new_figure(None, path, figsize=(2.7 * (n_cols + 1) + 0.5, 2.6 * len(kernels)),
+    fig, axes = new_figure(None, path, figsize=(2.4 * (n_cols + 1) + 0.5, 2.3 * len(kernels)),
                            ncols=n_cols + 1, nrows=len(kernels))
     axes = np.array(axes, dtype=object).reshape(len(kernels), n_cols + 1)
     for row, (name, ks) in zip(axes, kernels.items()):
         for ax, (label, K) in zip(row, ks.items()):
-            gram_heatmap(K, y, ax=ax, title=f"{name}: {label}", max_points=max_points)
+            gram_heatmap(K, y, ax=ax, max_points=max_points)
+            ax.set_title(f"{name}: {label}")
             ax.set_xlabel("")
             ax.set_ylabel("")
             ax.images[-1].colorbar.remove()
         spectrum_plot({label: _spectrum(K) for label, K in ks.items()}, ax=row[-1], title=f"{name}: spectra")
-    fig.suptitle(title)
-    return _finish(fig, path)
+    n = max(len(K) for ks in kernels.values() for K in ks.values())
+    step = -(-n // max_points)
+    fig.suptitle(title + (f" (heatmaps: 1 in {step} samples)" if step > 1 else ""))
+    return _finish(fig, path, dpi=100)
 
 
 def _spectrum(K) -> np.ndarray:

@@ -189,7 +189,7 @@ def _moons(run, cfg: dict, soft: dict) -> dict:
     acc = {name: train_net(run, f"train-moons-{name.lower()}", m, toy, toy_cfg, cfg["seed"]).final_test_acc
            for name, m in nets.items()}
     lo, hi = toy.X_train.min(0).values - 0.5, toy.X_train.max(0).values + 0.5
-    panels = {name: on_grid(m, (lo[0].item(), hi[0].item()), (lo[1].item(), hi[1].item()), 300) for name, m in nets.items()}
+    panels = {name: on_grid(m, (lo[0].item(), hi[0].item()), (lo[1].item(), hi[1].item()), 200) for name, m in nets.items()}
     arrangement(panels, toy.X_train, toy.y_train, run.figure_path("primal-moons.png"),
                 title="Two moons: every gate's zero line over the learnt function (top), regions of equal gates (bottom)")
     regions = {name: len(np.unique(np.concatenate([(q > 0).reshape(len(q), -1).numpy() for q in p["qs"]]).T, axis=0))
@@ -249,6 +249,7 @@ def _alignment_figure(per_layer: dict, path) -> None:
                               ("layer l's overlap G_l G_l^T", "(X X^T) ⊙ O_1 ⊙ ... ⊙ O_l")):
         for name, v in per_layer.items():
             ax.plot(range(1, len(v[key]) + 1), v[key], marker="o", label=name)
+        ax.set_xticks(range(1, len(v[key]) + 1))
         ax.set_xlabel("gated layer l")
         ax.set_ylabel("centred alignment with the labels")
         ax.set_title(title)
