@@ -4,13 +4,13 @@ A ReLU network is gates times linear maps. npk splits it into a gating network a
 computes the neural path kernel (NPK) of its gates exactly, its neural tangent kernels, and checks the
 theorems that link them.
 """
-from . import data, fit, graph, kernels, models, plots, report, theory, train
+from . import data, fit, graph, interpret, kernels, models, plots, report, theory, train
 from .fit import FitResult, evaluate_kernel, gp_posterior, kernel_ridge, kernel_svm
 from .kernels.npk import npk_gram
 from .kernels.ntk import ntk_gram
 from .train import TrainResult, accuracy, evaluate
 
 __version__ = "0.1.0"
-__all__ = ["data", "fit", "graph", "kernels", "models", "plots", "report", "theory", "train",
+__all__ = ["data", "fit", "graph", "interpret", "kernels", "models", "plots", "report", "theory", "train",
            "npk_gram", "ntk_gram", "FitResult", "evaluate_kernel", "gp_posterior", "kernel_ridge", "kernel_svm",
            "TrainResult", "accuracy", "evaluate", "__version__"]
