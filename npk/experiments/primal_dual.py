@@ -47,7 +47,8 @@ def layered_npk(model, X: torch.Tensor, Xt: torch.Tensor, kind: str | None = Non
     """Per-layer overlaps O_l = G_l G_l^T on X, partial products (X X^T) ⊙ O_1 ⊙ ... ⊙ O_l, and the NPK Grams
     (train (N, N), test (M, N)) of a fully connected model, in float64; kind picks hard or soft gates."""
     model = copy.deepcopy(model).double().eval()
-    X, Xt = X.double(), Xt.double()
+    device = next(model.parameters()).device
+    X, Xt = X.double().to(device), Xt.double().to(device)
     with torch.no_grad():
         G, Gt = model.gates(X, kind), model.gates(Xt, kind)
     overlaps = [g @ g.T for g in G]
@@ -56,8 +57,8 @@ def layered_npk(model, X: torch.Tensor, Xt: torch.Tensor, kind: str | None = Non
         H, Ht = H * O, Ht * (gt @ g.T)
         partial.append(H)
     error = ((H - npk_gram(model, X, gates=kind)).abs().max() / H.abs().max()).item()
-    return {"overlaps": overlaps, "partial": partial, "gates": torch.stack(overlaps).prod(0), "train": H,
-            "test": Ht, "npk_gram_rel_error": error}
+    return {"overlaps": [O.cpu() for O in overlaps], "partial": [P.cpu() for P in partial],
+            "gates": torch.stack(overlaps).prod(0).cpu(), "train": H.cpu(), "test": Ht.cpu(), "npk_gram_rel_error": error}
 
 
 def top_k_ridge(K: torch.Tensor, K_test: torch.Tensor, y, y_test, ks: list[int], seed: int) -> dict:
@@ -157,7 +158,7 @@ def _primal(run, cfg: dict, images: Dataset, dlgn, init, soft: dict) -> dict:
     """The primal maps: the FC DLGN's A_l rows as images (and what training changed in them), a conv DLGN's
     effective filters, the moons arrangement."""
     model, init = copy.deepcopy(dlgn).double(), copy.deepcopy(init).double()
-    Xt = images.flat().X_test.double()
+    Xt = images.flat().X_test.double().to(next(model.parameters()).device)
     maps = [gating_map(model, layer) for layer in range(model.n_gated)]
     before = [gating_map(init, layer)[0] for layer in range(model.n_gated)]
     with torch.no_grad():
@@ -166,8 +167,8 @@ def _primal(run, cfg: dict, images: Dataset, dlgn, init, soft: dict) -> dict:
     path = run.figure_path("primal-fc-maps.png")
     rows = {}
     for l, ((A, _), A0) in enumerate(zip(maps, before)):
-        rows[f"layer {l + 1}"] = A.reshape(len(A), *images.shape)
-        rows[f"layer {l + 1}, learnt\n(A_l - A_l at init)"] = (A - A0).reshape(len(A), *images.shape)
+        rows[f"layer {l + 1}"] = A.reshape(len(A), *images.shape).cpu()
+        rows[f"layer {l + 1}, learnt\n(A_l - A_l at init)"] = (A - A0.to(A)).reshape(len(A), *images.shape).cpu()
     filter_grid(rows, path, title=f"DLGN ({images.name}): rows of A_l, the normals of the gates' hyperplanes "
                                   f"in input space")
     conv = make_model("conv", "dlgn", images, {**cfg, "channels": cfg["conv_channels"]}, **soft)
@@ -176,7 +177,7 @@ def _primal(run, cfg: dict, images: Dataset, dlgn, init, soft: dict) -> dict:
     conv = conv.double()
     filters = [effective_filters(conv, layer) for layer in range(conv.n_gated)]
     conv_path = run.figure_path("primal-conv-filters.png")
-    filter_grid({f"layer {l + 1} ({'x'.join(map(str, f.weights.shape[2:]))})": f.weights for l, f in enumerate(filters)},
+    filter_grid({f"layer {l + 1} ({'x'.join(map(str, f.weights.shape[2:]))})": f.weights.cpu() for l, f in enumerate(filters)},
                 conv_path, title=f"Conv DLGN {cfg['conv_channels']} ({images.name}): effective filter of each channel")
     return {"map_check_rel_error": check, "conv_dlgn_accuracy": conv_acc, **_moons(run, cfg, soft)}
 
