@@ -112,6 +112,17 @@ def test_effective_filters_are_the_rows_of_A_inside_and_differ_only_at_zero_padd
     assert deep.weights[:, :, 0].abs().max() > 1e-3                  # the filter's edge taps are real
 
 
+def test_a_shallow_feature_nets_filters_read_the_pooled_input():
+    model = trained(npk.models.ConvDLGNSF(2, [3, 2], input_size=10, pool_every=[0], bias=True, gate="soft", d_out=2))
+    f = effective_filters(model, 1)                                   # a 3x3 conv of the 2x2-pooled input
+    assert f.weights.shape == (2, 2, 6, 6) and f.start == (-2, -2) and f.jump == (2, 2)
+    A, _ = gating_map(model, 1)
+    inside = [(i, j) for i in range(5) for j in range(5) if all(0 <= w.start and w.stop <= 10 for w in f.window((i, j)))]
+    assert len(inside) == 9
+    for o in inside:
+        assert (A[:, o[0], o[1]] - placed(f, o, (10, 10), 6)).abs().max() < 1e-12
+
+
 def test_circular_filters_wrap_around():
     model = trained(npk.models.ConvDLGN(1, [2, 2], padding="circular", spatial_dims=1, input_size=4, d_out=2,
                                         gate="soft"))
