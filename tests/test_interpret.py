@@ -66,10 +66,12 @@ def test_a_traced_networks_linear_twin_has_an_exact_map():
     net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 2, 3, padding=1),
                         nn.ReLU(), nn.Flatten(), nn.Linear(2 * 3 * 3, 2)).double().eval()
     torch.manual_seed(1)
-    twin = npk.models.from_module(net, torch.randn(2, 1, 6, 6, dtype=torch.float64), gating="linear").double()
+    twin = trained(npk.models.from_module(net, torch.randn(2, 1, 6, 6, dtype=torch.float64), gating="linear",
+                                          gate="soft"))
     X = torch.randn(5, 1, 6, 6, dtype=torch.float64)
     for layer, q in enumerate(twin.gating_preactivations(X)):
-        assert (affine(*gating_map(twin, layer), X) - q).abs().max() < 1e-10
+        A, b = gating_map(twin, layer)
+        assert (affine(A, b, X) - q).abs().max() < 1e-10 and b.abs().max() > 1e-3   # biases learnt from zero
 
 
 @pytest.mark.parametrize("kind, gate", [("DNN", "hard"), ("DGN", "soft")])   # a DGN's ReLU gating net: any gate
