@@ -44,17 +44,17 @@ def new_figure(ax=None, path=None, figsize=(5.5, 4.0), ncols: int = 1, nrows: in
     return fig, axes[0, 0] if nrows * ncols == 1 else axes
 
 
-def save_figure(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, path, dpi: int = DPI) -> Path:
     """Save `fig` as a PNG at `path` (folders created; written to a temporary file, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     return path
 
 
-def _finish(fig: Figure, path) -> Figure:
+def _finish(fig: Figure, path, dpi: int = DPI) -> Figure:
     if path is not None:
-        save_figure(fig, path)
+        save_figure(fig, path, dpi)
     return fig
 
 
@@ -188,4 +188,134 @@ def curves(history: Mapping[str, Sequence[float]], path=None, x: str = "epoch", 
         ax.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title)
+    return _finish(fig, path)
+
+
+# ------------------------------------------------------------------------- the two linearities (npk.interpret)
+def _as_images(w: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Filters (n, C, H, W) / (n, H, W) as images: RGB in [0, 1] (each filter min-max scaled) for C = 3,
+    otherwise (n, H, W) scaled to [-1, 1] per filter, for a diverging colour map."""
+    if w.ndim == 4 and w.shape[1] == 3:
+        lo = w.min(axis=(1, 2, 3), keepdims=True)
+        span = np.maximum(w.max(axis=(1, 2, 3), keepdims=True) - lo, 1e-300)
+        return ((w - lo) / span).transpose(0, 2, 3, 1), True
+    w = w.sum(1) if w.ndim == 4 else w
+    return w / np.maximum(np.abs(w).max(axis=(1, 2), keepdims=True), 1e-300), False
+
+
+@styled
+def filter_grid(layers: Mapping[str, np.ndarray], path=None, title: str = "Effective gating filters",
+                per_layer: int = 10):
+    """One row per layer: the first `per_layer` filters as images (rows of the primal map A, reshaped).
+
+    layers[name] has shape (n, C, H, W) or (n, H, W). Single-channel filters use a diverging map with
+    zero white (red +, blue -, each filter scaled to its own largest |w|); C = 3 is shown as RGB
+    (each filter min-max scaled; grey is zero only where the filter is balanced); other C are summed.
+    """
+    if not layers:
+        raise ValueError("filter_grid needs at least one layer of filters")
+    n = min(per_layer, max(len(w) for w in layers.values()))
+    fig, axes = new_figure(None, path, figsize=(1.0 * n + 0.8, 1.1 * len(layers) + 0.5), ncols=n, nrows=len(layers))
+    axes = np.array(axes, dtype=object).reshape(len(layers), n)
+    for row, (name, w) in zip(axes, layers.items()):
+        images, rgb = _as_images(_numpy(w)[:n])
+        for j, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
+            if j < len(images):
+                ax.imshow(images[j], cmap=None if rgb else "RdBu_r", vmin=None if rgb else -1, vmax=None if rgb else 1,
+                          interpolation="nearest")
+            else:
+                ax.set_visible(False)
+        row[0].set_ylabel(name, rotation=0, ha="right", va="center")
+    fig.suptitle(title)
+    return _finish(fig, path)
+
+
+@styled
+def arrangement(panels: Mapping[str, Mapping], X, y, path=None, title: str = "Gates as hyperplanes"):
+    """Per model (columns): the zero sets q_l,i(x) = 0 of every gate over the learnt function (top) and the
+    regions of constant gate pattern (bottom), on a 2-D input grid.
+
+    panels[name] = {"xx", "yy": (H, W) grids, "qs": per gated layer an (units, H, W) array of
+    pre-activations on the grid, "f": (H, W) learnt score (its zero line is the decision boundary)}.
+    For a DLGN every zero set is a straight line; for a DNN deeper layers' zero sets bend at earlier gates.
+    """
+    X, y = _numpy(X), np.asarray(_numpy(y), dtype=np.int64)
+    first = next(iter(panels.values()))
+    ratio = np.ptp(_numpy(first["yy"])) / np.ptp(_numpy(first["xx"]))
+    fig, axes = new_figure(None, path, figsize=(4.8 * len(panels), 2 * 4.8 * ratio + 1.0), ncols=len(panels), nrows=2)
+    axes = np.array(axes, dtype=object).reshape(2, len(panels))
+    colours = matplotlib.colormaps["viridis"]
+    for (name, p), top, bottom in zip(panels.items(), axes[0], axes[1]):
+        xx, yy, qs, f = (_numpy(p["xx"]), _numpy(p["yy"]), [_numpy(q) for q in p["qs"]], _numpy(p["f"]))
+        lim = np.abs(f).max()
+        top.contourf(xx, yy, f, levels=np.linspace(-lim, lim, 21), cmap="RdBu_r", alpha=0.35)
+        top.contour(xx, yy, f, levels=[0], colors="black", linewidths=2.0)
+        for l, q in enumerate(qs):
+            c = colours(l / max(1, len(qs) - 1) * 0.85)
+            for unit in q:
+                if unit.min() < 0 < unit.max():
+                    top.contour(xx, yy, unit, levels=[0], colors=[c], linewidths=0.9)
+            top.plot([], [], color=c, label=f"layer {l + 1} gates")
+        top.plot([], [], color="black", lw=2, label="decision boundary")
+        patterns = np.concatenate([(q > 0).reshape(len(q), -1) for q in qs]).T
+        _, region = np.unique(patterns, axis=0, return_inverse=True)
+        n_regions = region.max() + 1
+        shuffled = np.random.default_rng(0).permutation(n_regions)[region.ravel()].reshape(xx.shape)
+        bottom.pcolormesh(xx, yy, shuffled, cmap="tab20", shading="auto", rasterized=True)
+        for ax, sub in ((top, name), (bottom, f"{name}: {n_regions} gate patterns on the grid")):
+            ax.scatter(X[:, 0], X[:, 1], c=y, cmap="coolwarm", s=7, edgecolors="black", linewidths=0.3)
+            ax.set_xlim(xx.min(), xx.max())
+            ax.set_ylim(yy.min(), yy.max())
+            ax.set_title(sub)
+            ax.set_aspect("equal")
+        top.legend(loc="lower left", fontsize=7, frameon=True)
+    fig.suptitle(title)
+    return _finish(fig, path, dpi=100)     # per-pixel detail: 150 dpi would triple the file
+
+
+@styled
+def layer_kernels(kernels: Mapping[str, Mapping[str, object]], y, path=None,
+                  title: str = "Gate-overlap kernels layer by layer", max_points: int = 150):
+    """Rows: models; columns: the Grams of kernels[model] ({label: (N, N) Gram}, e.g. each layer's overlap
+    G_l G_l^T and their product, the NPK), samples sorted by class (every s-th of N > max_points shown, as in
+    `gram_heatmap`); last column: their normalised spectra (of the whole Grams)."""
+    n_cols = max(len(ks) for ks in kernels.values())
+    fig, axes = new_figure(None, path, figsize=(2.4 * (n_cols + 1) + 0.5, 2.3 * len(kernels)),
+                           ncols=n_cols + 1, nrows=len(kernels))
+    axes = np.array(axes, dtype=object).reshape(len(kernels), n_cols + 1)
+    for row, (name, ks) in zip(axes, kernels.items()):
+        for ax, (label, K) in zip(row, ks.items()):
+            gram_heatmap(K, y, ax=ax, max_points=max_points)
+            ax.set_title(f"{name}: {label}")
+            ax.set_xlabel("")
+            ax.set_ylabel("")
+            ax.images[-1].colorbar.remove()
+        spectrum_plot({label: _spectrum(K) for label, K in ks.items()}, ax=row[-1], title=f"{name}: spectra")
+    n = max(len(K) for ks in kernels.values() for K in ks.values())
+    step = -(-n // max_points)
+    fig.suptitle(title + (f" (heatmaps: 1 in {step} samples)" if step > 1 else ""))
+    return _finish(fig, path, dpi=100)
+
+
+def _spectrum(K) -> np.ndarray:
+    """Eigenvalues of a symmetric Gram, descending (numpy float64)."""
+    return np.linalg.eigvalsh(_numpy(K))[::-1]
+
+
+@styled
+def versus_k(series: Mapping[str, Mapping], path=None, ylabel: str = "", title: str = "", ax=None, percent: bool = False):
+    """One line per series of values against k (series[name] = {k: value}), log-scaled k axis."""
+    fig, ax = new_figure(ax, path, figsize=(5.0, 3.6))
+    for name, values in series.items():
+        ks = sorted(values, key=float)
+        v = np.array([values[k] for k in ks], dtype=np.float64)
+        ax.semilogx([float(k) for k in ks], 100 * v if percent else v, marker="o", ms=3, lw=1.5, label=name)
+    ax.set_xlabel("k (top eigenvectors)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend()
     return _finish(fig, path)

@@ -26,7 +26,7 @@ def test_list_names_every_experiment(capsys):
     assert cli.main(["list"]) == 0
     names = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
     assert names == {"demo", "kernels-vs-network", "regimes", "dnn-dgn-dlgn", "gate-copy", "shuffle-and-ones",
-                     "theorems", "npk-evolution", "spectral"}
+                     "theorems", "npk-evolution", "spectral", "primal-dual"}
 
 
 def test_unknown_experiment_and_unknown_key_fail_with_the_known_ones(tmp_path, capsys):

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_importing_any_experiment_module_first_fills_the_registry():
     code = "from npk.experiments.base import EXPERIMENTS; print(sorted(EXPERIMENTS))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert eval(out) == sorted(EXPERIMENTS) and len(EXPERIMENTS) == 9
+    assert eval(out) == sorted(EXPERIMENTS) and len(EXPERIMENTS) == 10
 
 
 def test_experiment_modules_import_shared_helpers_from_common_only():
@@ -30,7 +30,7 @@ def test_each_analysis_script_runs_its_own_config_unless_given_another(monkeypat
     calls = []
     monkeypatch.setattr(cli, "main", lambda argv: calls.append(argv) or 0)
     scripts = sorted(p for p in (ROOT / "analysis").glob("*.py") if p.stem != "demo")
-    assert len(scripts) == 8
+    assert len(scripts) == 9
     for script in scripts:
         namespace = runpy.run_path(str(script))
         config = namespace["CONFIG"]

@@ -6,7 +6,8 @@ Python whatever kernels the machine has, and the repository root goes first on i
 notebooks import this checkout. OMP_NUM_THREADS defaults to 1 in the kernel: the notebooks' tensors are
 small, and on a 2-core machine shared with other jobs two OpenMP threads spin-waiting cost several
 times the CPU time of one. The last cell of every notebook prints its key results as JSON; the tests
-read them from the executed notebook.
+read them from the executed notebook. 05_two_linearities is stored executed (its figures show without running
+it); the tests run it afresh like the others.
 """
 from __future__ import annotations
 
@@ -132,3 +133,22 @@ def test_your_own_model(execute):
     assert r["twin_linearity_error"] < 1e-4             # the twin's gating network stays affine in x
     assert min(r["KRR"].values()) > 0.8
     assert all(0 < a < 1 for a in r["alignment"].values())
+
+
+def test_two_linearities(execute):
+    nb = execute("05_two_linearities.ipynb")
+    check_ran(nb, n_figures=3)
+    r = results(nb)
+    assert r["map_max_error"] < 1e-10 and r["gates_are_half_spaces"]   # q = A x + b; gates = 1{A x + b > 0}
+    assert r["npk_rel_error"] < 1e-12                                    # (X X^T) ⊙ prod G_l G_l^T = npk_gram
+    assert r["test_accuracy"] > 0.8 and r["npk_ridge_accuracy"] > 0.9
+    assert r["alignment"]["NPK"] > r["alignment"]["X X^T"] + 0.05        # the learnt gates add label structure
+
+
+def test_two_linearities_is_stored_executed_and_small():
+    path = NOTEBOOKS / "05_two_linearities.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert path.stat().st_size < 1_000_000
+    check_ran(nb, n_figures=3)
+    assert results(nb)["map_max_error"] < 1e-10

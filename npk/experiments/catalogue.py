@@ -7,3 +7,4 @@ from . import regimes_table  # noqa: F401
 from . import dnn_dgn_dlgn  # noqa: F401
 from . import gate_copy  # noqa: F401
 from . import shuffle_and_ones  # noqa: F401
+from . import primal_dual  # noqa: F401
