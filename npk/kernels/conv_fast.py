@@ -104,7 +104,7 @@ def conv_run(ops: Sequence[graph.Op], start: int, keep=frozenset()) -> list[grap
     handles, all with the same padding mode (the kernel splits the work by diagonals, which differ).
 
     A run sums each gate's channels, so it stops before a gate whose output keeps one kernel per channel
-    (ids in `keep`, `npk.graph.channel_plan`) and before a gate that a max pool reads."""
+    (ids in `keep`, `npk.graph.kept_gates`) and before a gate that a max pool reads."""
     convs = []
     i = start
     while (i + 1 < len(ops) and _handled(ops[i]) and isinstance(ops[i + 1], graph.Gate)

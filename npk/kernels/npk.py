@@ -17,7 +17,7 @@ M(i, i') = sum over partial path classes s ending at positions i, i' of phi_x(s,
     Readout          H = M (+ 1)
 A gate whose stream reaches another gate or a max pool without a weight layer in between (an identity
 shortcut into a ReLU, a ReLU into a max pool) keeps one kernel per channel, M_c, instead of the sum
-(`Pair`, `npk.graph.channel_plan`).
+(`Pair`, `npk.graph.kept_gates`).
 The fully connected case is H = (X X^T) * prod_l (G_l G_l^T) (elementwise), with +1 terms for biases.
 """
 from __future__ import annotations
@@ -179,7 +179,7 @@ def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[
     conv kernel takes (`npk.kernels.conv_fast`) forms the input pair kernel itself.
     """
     gx, gy = (g if isinstance(g, LayerGates) else LayerGates(g, X.dtype) for g in (gx, gy))
-    ctx = GatePair(gx, gy, model_selections(model, X), model_selections(model, Y), graph.channel_plan(model.ops))
+    ctx = GatePair(gx, gy, model_selections(model, X), model_selections(model, Y), graph.kept_gates(model.ops))
     fused = conv_fast.input_run(model, X, Y, ctx)
     M, start = fused if fused else (input_kernel(model, X, Y), 0)
     H = propagate(model.ops[start:], Pair(M, "sum", X.shape[1]), ctx).summed()
@@ -204,7 +204,7 @@ class GatePair:
 
     gx, gy: `LayerGates` (a sequence of tensors, or compact gates, is wrapped); sx, sy: the max-pool
     selections of each side; keep: the ids of the gates whose output keeps one kernel per channel
-    (`npk.graph.channel_plan`).
+    (`npk.graph.kept_gates`).
     """
 
     gx: LayerGates
@@ -219,7 +219,7 @@ class GatePair:
 
 @dataclass
 class Pair:
-    """The pair kernel and how it reads the stream's channels (`npk.graph.channel_plan`).
+    """The pair kernel and how it reads the stream's channels (`npk.graph.kept_gates`).
 
     "sum":  M (n, m, *S, *S) is summed over the last unit's channel (after a gate; the input)
     "each": M is the kernel of every one of the C channels (after a weight layer; the sum is C M)
@@ -242,7 +242,7 @@ class Pair:
     def per_channel(self) -> torch.Tensor:
         """(n, C or 1, m, *S, *S): the channel kernels (a broadcast axis of 1 for "each")."""
         if self.kind == "sum":
-            raise ValueError("the NPK summed this stream's channels already (npk.graph.channel_plan should "
+            raise ValueError("the NPK summed this stream's channels already (npk.graph.kept_gates should "
                              "have kept them)")
         return self.M.reshape(-1, self.C if self.kind == "chan" else 1, *self.M.shape[1:])
 
@@ -254,7 +254,7 @@ def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair
     Given a tensor (a summed input kernel), returns the summed tensor, planning the channels itself.
     """
     if isinstance(state, torch.Tensor):
-        ctx = GatePair(ctx.gx, ctx.gy, ctx.sx, ctx.sy, graph.channel_plan(ops))
+        ctx = GatePair(ctx.gx, ctx.gy, ctx.sx, ctx.sy, graph.kept_gates(ops))
         return propagate(ops, Pair(state, "sum", 1), ctx).summed()
     i = 0
     while i < len(ops):
@@ -464,7 +464,7 @@ def _runs(n: int, o: int, circular: bool) -> list[tuple[int, int, int]]:
 def block_size(model: GatedNet, itemsize: int, memory_budget: int) -> int:
     """Samples per block side so that about 4 pair-kernel-sized tensors fit in `memory_budget` bytes.
 
-    A pair kernel that keeps its channels (`npk.graph.channel_plan`) counts C times.
+    A pair kernel that keeps its channels (`npk.graph.kept_gates`) counts C times.
     """
     positions = max([1] + [c * math.prod(s) ** 2 for c, s in _stream_spatial_shapes(model)])
     per_pair = 4 * itemsize * positions
@@ -473,7 +473,7 @@ def block_size(model: GatedNet, itemsize: int, memory_budget: int) -> int:
 
 def _stream_spatial_shapes(model: GatedNet):
     """(channel factor, spatial shape) of the input and of every gate's stream."""
-    keep = graph.channel_plan(model.ops)
+    keep = graph.kept_gates(model.ops)
     kept = {op.layer for op in graph.walk(model.ops) if isinstance(op, graph.Gate) and id(op) in keep}
     with torch.no_grad():
         probe = torch.zeros((1, *model.input_shape), dtype=next(model.parameters()).dtype,
