@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-test demo test bench data clean ext
+.PHONY: install install-test demo test bench data clean ext docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ data:
 
 test: install-test data
 	$(PY) -m pytest -q tests
+
+# The API reference from the docstrings, with the README and the stored notebooks (not executed), into
+# build/docs/index.html; any Sphinx warning fails the build.
+docs: install
+	$(PIP) install --quiet -e ".[docs]"
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html -c docs . build/docs
 
 bench: install-test
 	$(PY) benchmarks/npk_fc.py
