@@ -30,8 +30,11 @@ $(EXT): csrc/conv_npk.cpp
 install-test: install
 	$(PIP) install --quiet -e ".[dev,ntref,dist]"
 
+# One torch thread: the demo's nets are small, and on a machine whose other core is busy a second
+# thread waits for it at every op (DEMO_THREADS=2 on a quiet machine).
+DEMO_THREADS ?= 1
 demo: install
-	$(VENV)/bin/npk demo --force
+	$(VENV)/bin/npk demo --force --threads $(DEMO_THREADS)
 
 # Real Fashion-MNIST files for the loader tests (Debian's package); best effort, the tests skip without it.
 data:
