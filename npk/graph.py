@@ -396,6 +396,9 @@ def channel_plan(model_or_ops) -> list[str]:
         []
     """
     ops = getattr(model_or_ops, "ops", model_or_ops)
+    if not isinstance(ops, (list, tuple)):
+        raise TypeError(f"channel_plan takes a gated model (npk.models.*, or from_module(net, example)) or its "
+                        f"op list, got {type(model_or_ops).__name__}")
     keep = kept_gates(ops)
     return [repr(op) for op in walk(ops) if isinstance(op, Gate) and id(op) in keep]
 

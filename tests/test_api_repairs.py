@@ -16,6 +16,8 @@ def test_channel_plan_takes_a_model_or_its_ops_and_names_the_gates():
     assert graph.channel_plan(net.ops) == names
     assert len(graph.kept_gates(net.ops)) == len(names)
     assert graph.channel_plan(npk.models.ResDLGN(3, 4, 2, d_out=2)) == []   # a weight layer after every gate
+    with pytest.raises(TypeError, match="from_module"):
+        graph.channel_plan(zoo.resnet18(width=2))                            # a plain module: trace it first
 
 
 def test_a_printed_gated_net_shows_its_op_list():

@@ -92,8 +92,9 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
     symmetric = Y is None
     Y = X if symmetric else check_input(Y, model.input_shape, "Y")
     if normalize is not None:
-        return _cosine_gram(model, X, None if symmetric else Y, normalize, out, gates=gates, memory_budget=memory_budget,
-                            progress=progress, checkpoint_dir=checkpoint_dir, max_memory=max_memory, scheduler=scheduler)
+        return _cosine_gram(model, X, None if symmetric else Y, normalize, out, gates=gates,
+                            memory_budget=memory_budget, progress=progress, checkpoint_dir=checkpoint_dir,
+                            max_memory=max_memory, scheduler=scheduler)
     check_gram_request(X, Y, memory_budget)
     if Y.dtype != X.dtype or Y.device != X.device:
         raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
