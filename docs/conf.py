@@ -26,7 +26,8 @@ html_title = "npk"
 # ------------------------------------------------------------------ npk's plain-text docstrings
 # npk writes docstrings for help() and for a reader of the source: formulas with * and |, names ending
 # in _, and indented rule tables under a line of text. Before napoleon reads them, those become literal:
-# * | and a trailing _ are escaped, and an indented block under a text line becomes a literal block.
+# * | and a trailing _ are escaped (not in doctests), and an indented block under a text line becomes a
+# literal block.
 import re
 
 SECTION = re.compile(r"^\s*(Args|Arguments|Returns|Raises|Yields|Example|Examples|Attributes|Note|Notes):\s*$")
@@ -57,7 +58,8 @@ def plain_text(lines: list[str]) -> list[str]:
                 if above == len(out) - 1:
                     out.append("")
                 block = _indent(out[above])
-        out.append(line if block is not None else ESCAPE.sub(lambda m: "\\" + m.group(0), line))
+        literal = block is not None or text.startswith((">>>", "..."))   # literal blocks, doctests
+        out.append(line if literal else ESCAPE.sub(lambda m: "\\" + m.group(0), line))
     return out
 
 
