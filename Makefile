@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: torch install install-test demo test test-quick bench data clean ext
+.PHONY: torch install install-test demo test test-quick bench data clean ext docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,11 @@ install-test: torch
 ext: $(PY)
 	$(PIP) install --quiet --no-deps -e .
 
+# One torch thread: the demo's nets are small, and on a machine whose other core is busy a second
+# thread waits for it at every op (DEMO_THREADS=2 on a quiet machine).
+DEMO_THREADS ?= 1
 demo: install
-	$(VENV)/bin/npk demo --force
+	$(VENV)/bin/npk demo --force --threads $(DEMO_THREADS)
 
 # Real Fashion-MNIST files for the loader tests (Debian's package); best effort, the tests skip without it.
 data:
@@ -45,6 +48,12 @@ test: install-test data
 # The suite without the tests marked slow (notebooks, killed processes, Dask clusters).
 test-quick: install-test
 	$(PY) -m pytest -q -m "not slow" tests
+
+# The API reference from the docstrings, with the README and the stored notebooks (not executed), into
+# build/docs/index.html; any Sphinx warning fails the build.
+docs: install
+	$(PIP) install --quiet -e ".[docs]"
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html -c docs . build/docs
 
 bench: install-test
 	$(PY) benchmarks/npk_fc.py

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.commands = sub.choices  # the subcommands (a live view: later add_parser calls show up)
 
     def add_run_options(p):
-        p.add_argument("--dataset", help="digits (embedded), mnist, fashion-mnist, cifar10, cifar100")
+        p.add_argument("--dataset", help="digits (embedded), mnist, fashion-mnist, cifar10, cifar100, imagefolder")
         p.add_argument("--data-root", help="directory holding the data set's official files")
         p.add_argument("--n", type=positive_int, help="training samples (a class-stratified subset); unless "
                        "--n-test is given, the test set is cut to N / 2 samples too")

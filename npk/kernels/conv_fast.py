@@ -100,7 +100,7 @@ def conv_run(ops: Sequence[graph.Op], start: int, keep=frozenset()) -> list[grap
     and a last conv without its gate where the run cannot take that gate (`gated`).
 
     A run sums each gate's channels, so it does not take a gate whose output keeps one kernel per channel
-    (ids in `keep`, `npk.graph.channel_plan`: an identity shortcut into a ReLU) nor a gate that a max pool
+    (ids in `keep`, `npk.graph.kept_gates`: an identity shortcut into a ReLU) nor a gate that a max pool
     reads: the run ends with that gate's conv, and the gate is applied after it (per channel, or fused
     with the max pool's selection and the next layer's channel sum, `select_sum`)."""
     convs = []

@@ -59,7 +59,7 @@ def estimate(model, itemsize: int = 4) -> Estimate:
     """
     from . import conv_fast
 
-    keep, collapsed = graph.channel_plan(model.ops), collapsed_gates(model.ops)
+    keep, collapsed = graph.kept_gates(model.ops), collapsed_gates(model.ops)
     memory = itemsize / 4
     parts: dict[str, float] = defaultdict(float)
 

@@ -199,7 +199,7 @@ def normalize(K, mode: str = "trace") -> torch.Tensor:
     """A rescaled copy of the square Gram K (float64 tensor).
 
     "trace"   K * N / tr K: mean diagonal 1 (trace N), so that Grams of different scales compare
-    "cosine"  K(x, x') / sqrt(K(x, x) K(x', x')): unit diagonal (needs a positive diagonal)
+    "cosine"  K(x, x') / sqrt(K(x, x) K(x', x')): unit diagonal (`cosine_normalize` with K's diagonal)
     """
     K = check_gram(K)
     if mode == "trace":
@@ -208,14 +208,34 @@ def normalize(K, mode: str = "trace") -> torch.Tensor:
             raise ValueError(f"trace normalisation needs a positive trace, got {tr.item():.4g}")
         return K * (len(K) / tr)
     if mode == "cosine":
-        d = torch.diagonal(K)
+        return cosine_normalize(K, torch.diagonal(K))
+    raise ValueError(f"mode must be 'trace' or 'cosine', got {mode!r}")
+
+
+def cosine_normalize(K, diag_x, diag_y=None) -> torch.Tensor:
+    """K(x_a, y_b) / sqrt(K(x_a, x_a) K(y_b, y_b)) as a float64 tensor: the cosine of the feature angle.
+
+    K (N, M) is a Gram between two sample sets, diag_x (N,) = K(x_a, x_a) and diag_y (M,) = K(y_b, y_b)
+    (None: diag_x, for a square Gram of one set). The result has entries in [-1, 1], a unit diagonal for
+    a square Gram, and is PSD when K is; it is exact up to one rounding per factor.
+
+    Example:
+        >>> K = torch.tensor([[4.0, 2.0], [2.0, 9.0]], dtype=torch.float64)
+        >>> cosine_normalize(K, torch.diagonal(K))[0, 1].item()
+        0.3333333333333333
+    """
+    K = as_float64(K)
+    dx = as_float64(torch.as_tensor(diag_x).reshape(1, -1), "diag_x").flatten()
+    dy = dx if diag_y is None else as_float64(torch.as_tensor(diag_y).reshape(1, -1), "diag_y").flatten()
+    if (len(dx), len(dy)) != tuple(K.shape):
+        raise ValueError(f"cosine normalisation of a {tuple(K.shape)} Gram needs diagonals of lengths "
+                         f"{tuple(K.shape)}, got {(len(dx), len(dy))}")
+    for name, d in (("x", dx), ("y", dy)):
         if (d <= 0).any():
             bad = (d <= 0).nonzero().flatten()[:5].tolist()
-            raise ValueError(f"cosine normalisation needs a positive diagonal; K(x, x) <= 0 at rows {bad} "
-                             f"(a zero input? drop it or use mode='trace')")
-        r = d.rsqrt()
-        return K * r[:, None] * r[None, :]
-    raise ValueError(f"mode must be 'trace' or 'cosine', got {mode!r}")
+            raise ValueError(f"cosine normalisation needs a positive diagonal; K({name}, {name}) <= 0 at "
+                             f"{bad} (a zero input? drop it or use mode='trace')")
+    return K * dx.rsqrt().to(K.device)[:, None] * dy.rsqrt().to(K.device)[None, :]
 
 
 def principal_angles(K1, K2, k: int) -> np.ndarray:

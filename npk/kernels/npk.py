@@ -20,6 +20,7 @@ from ..models.base import GatedNet, check_input
 from ..models.gates import check_kind
 from .compact import (LayerGates, compute_gates, gate_bytes, gate_shapes, gates_per_sample, model_gates,
                       model_selections, unpack_gates)
+from .linalg import cosine_normalize
 from .gram import TileKernel, blocked_gram, dtype_size, preflight
 from .memory import available_memory
 from .offsets import overlap
@@ -35,7 +36,7 @@ DEFAULT_MEMORY_BUDGET = 32 * 2**20
 def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, gates: str | None = None,
              memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool | None = None,
              checkpoint_dir: str | Path | None = None, *, out=None, max_memory: int | None = None,
-             scheduler=None) -> torch.Tensor:
+             scheduler=None, normalize: str | None = None) -> torch.Tensor:
     """The NPK Gram matrix H[a, b] = <phi_{X_a}, phi_{Y_b}> of `model`'s gates, shape (N, M).
 
     Computed by the blocked driver `npk.kernels.gram.blocked_gram` in tiles whose pair kernels stay
@@ -55,6 +56,12 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
         max_memory: bytes it may use; refused up front (MemoryError, one line) if the estimate is over
             (default: the memory available).
         scheduler: a dask.distributed Client or a scheduler address: tiles run on the cluster.
+        normalize: None (the raw sum over paths), or "cosine": H(x, y) / sqrt(H(x, x) H(y, y)), the
+            cosine of the angle between the path features (`npk.kernels.linalg.cosine_normalize`; with
+            Y given, the N + M diagonal entries cost one pair each). Computed in float64 and returned in
+            X's dtype: the raw NPK sums every path and reaches 1e48 for a ResNet-18, its cosine lies in
+            [-1, 1], fits float32, and a fixed ridge (scikit-learn's alpha) means the same
+            for every net. Not with out=.
     Returns:
         H (N, M) in X's dtype, on X's device (gates are computed in the model's dtype); with out=, a
         tensor sharing the array's memory.
@@ -71,6 +78,10 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
     X = check_input(X, model.input_shape, "X")
     symmetric = Y is None
     Y = X if symmetric else check_input(Y, model.input_shape, "Y")
+    if normalize is not None:
+        return _cosine_gram(model, X, None if symmetric else Y, normalize, out, gates=gates,
+                            memory_budget=memory_budget, progress=progress, checkpoint_dir=checkpoint_dir,
+                            max_memory=max_memory, scheduler=scheduler)
     check_gram_request(X, Y, memory_budget)
     if Y.dtype != X.dtype or Y.device != X.device:
         raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
@@ -93,6 +104,29 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
     return blocked_gram(kernel, X, None if symmetric else Y, block=block, out=out, checkpoint_dir=checkpoint_dir,
                         scheduler=scheduler, progress=progress, max_memory=max_memory, resident=resident,
                         entry="npk_gram")
+
+
+def _cosine_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None, normalize: str, out,
+                 **options) -> torch.Tensor:
+    """npk_gram(..., normalize="cosine"): the float64 Gram and diagonals, normalised, in X's dtype."""
+    if normalize != "cosine":
+        raise ValueError(f"normalize must be None or 'cosine', got {normalize!r}")
+    if out is not None:
+        raise ValueError("normalize= returns the Gram in memory, not with out=; for a Gram on disk compute the raw "
+                         "Gram into out= and divide it by row blocks with npk.kernels.linalg.cosine_normalize")
+    X64 = X.to(torch.float64)
+    H = npk_gram(model, X64, None if Y is None else Y.to(torch.float64), **options)
+    diag_x = torch.diagonal(H) if Y is None else npk_diagonal(model, X64, options["gates"])
+    diag_y = None if Y is None else npk_diagonal(model, Y.to(torch.float64), options["gates"])
+    return cosine_normalize(H, diag_x, diag_y).to(X.dtype)
+
+
+def npk_diagonal(model: GatedNet, X: torch.Tensor, gates: str | None = None) -> torch.Tensor:
+    """H(x_a, x_a) = ||phi_{x_a}||^2 for every row of X, shape (N,): one pair each, in X's dtype."""
+    X = check_input(X, model.input_shape, "X")
+    kernel = NPKTiles(model, gates or model.gate_kind, X.dtype, DEFAULT_MEMORY_BUDGET)
+    kernel.precomputed = False
+    return torch.stack([kernel.tile(f, f)[0, 0] for f in map(kernel.prepare, X.split(1))])
 
 
 class NPKTiles(TileKernel):
@@ -171,7 +205,7 @@ def pair_kernel(model: GatedNet, X: torch.Tensor, Y: torch.Tensor, gx: Sequence[
     gx, gy = (g if isinstance(g, LayerGates) else LayerGates(g, X.dtype) for g in (gx, gy))
     sx = model_selections(model, X) if sx is None else sx
     sy = model_selections(model, Y) if sy is None else sy
-    ctx = GatePair(gx, gy, sx, sy, graph.channel_plan(model.ops))
+    ctx = GatePair(gx, gy, sx, sy, graph.kept_gates(model.ops))
     fused = conv_fast.input_run(model, X, Y, ctx)
     state, start = fused_state(*fused) if fused else (Pair(input_kernel(model, X, Y), "sum", X.shape[1]), 0)
     H = propagate(model.ops[start:], state, ctx).summed()
@@ -198,7 +232,7 @@ def propagate(ops: Sequence[graph.Op], state: Pair | torch.Tensor, ctx: GatePair
     Given a tensor (a summed input kernel), returns the summed tensor, planning the channels itself.
     """
     if isinstance(state, torch.Tensor):
-        ctx = GatePair(ctx.gx, ctx.gy, ctx.sx, ctx.sy, graph.channel_plan(ops))
+        ctx = GatePair(ctx.gx, ctx.gy, ctx.sx, ctx.sy, graph.kept_gates(ops))
         return propagate(ops, Pair(state, "sum", 1), ctx).summed()
     i = 0
     while i < len(ops):

@@ -18,7 +18,7 @@ M(i, i') = sum over partial path classes s ending at positions i, i' of phi_x(s,
     Residual         M <- skip(M) + block(M)   (paths through the two branches are disjoint classes)
     Readout          H = M (+ 1)
 A gate whose stream reaches another gate or a max pool without a weight layer in between (an identity
-shortcut into a ReLU, a ReLU into a max pool) keeps its channels (`Pair`, `npk.graph.channel_plan`):
+shortcut into a ReLU, a ReLU into a max pool) keeps its channels (`Pair`, `npk.graph.kept_gates`):
 as a few shared kernels under per-channel gate masks, M_c = sum_k A_k(c) B_k(c) E_k (identity shortcuts:
 gates multiply the masks, the sum over c is sum_k E_k * overlap(A_k, B_k)), or as one kernel M_c per channel.
 The fully connected case is H = (X X^T) * prod_l (G_l G_l^T) (elementwise), with +1 terms for biases.
@@ -44,7 +44,7 @@ class GatePair:
 
     gx, gy: `LayerGates` (a sequence of tensors, or compact gates, is wrapped); sx, sy: the max-pool
     selections of each side; keep: the ids of the gates whose output keeps one kernel per channel
-    (`npk.graph.channel_plan`).
+    (`npk.graph.kept_gates`).
     """
 
     gx: LayerGates
@@ -59,7 +59,7 @@ class GatePair:
 
 @dataclass
 class Pair:
-    """The pair kernel and how it reads the stream's channels (`npk.graph.channel_plan`).
+    """The pair kernel and how it reads the stream's channels (`npk.graph.kept_gates`).
 
     "sum":  M (n, m, *S, *S) is summed over the last unit's channel (after a gate; the input)
     "each": M is the kernel of every one of the C channels (after a weight layer; the sum is C M)
@@ -90,7 +90,7 @@ class Pair:
     def per_channel(self) -> torch.Tensor:
         """(n, C or 1, m, *S, *S): the channel kernels (a broadcast axis of 1 for "each")."""
         if self.kind == "sum":
-            raise ValueError("the NPK summed this stream's channels already (npk.graph.channel_plan should "
+            raise ValueError("the NPK summed this stream's channels already (npk.graph.kept_gates should "
                              "have kept them)")
         if self.kind == "terms":
             return self.dense().per_channel()

@@ -57,7 +57,7 @@ def tensor_bytes(t) -> memoryview:
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Architecture (type, module tree and the plain attributes of every submodule: gating, gate kind,
     beta, eps, layer order, gate permutations, ...) and every state tensor of `model`."""
-    parts = [type(model).__qualname__, repr(model)]
+    parts = [type(model).__qualname__, torch.nn.Module.__repr__(model)]   # the module tree, as before GatedNet's repr
     for name, module in model.named_modules():
         attrs = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and _plain(v)}
         parts.append(f"{name}:{json.dumps(attrs, sort_keys=True, default=_tensor_digest)}")

@@ -31,6 +31,12 @@ class GatedNet(nn.Module):
     architecture classes (FCNet, ConvNet, ResNet) build the op list, and the names DNN, DGN, DLGN,
     DLGNSF, ConvDNN, ..., ResDLGNSF are thin subclasses that fix `gating`. Everything else (forward,
     gates, parameter groups) is shared.
+
+    `gating=` and `gate=` look alike and answer different questions:
+        gating  WHICH network computes the pre-activations q_l: "self" (DNN), "relu" (DGN), "linear"
+                (DLGN), "shallow" (DLGN-SF);
+        gate    HOW q_l becomes a gate: "hard" 1{q > 0} (0/1, no gradient to the gating network) or
+                "soft" sigmoid(beta q) (trainable gating; `npk_gram(..., gates="hard")` reads the hard ones).
     """
 
     gating: str = "self"
@@ -53,6 +59,12 @@ class GatedNet(nn.Module):
         self.n_pools = len(graph.max_pools(self.ops))
         self._build_gating(gate, beta, eps, value_input)
         self._probe()
+
+    def __repr__(self) -> str:
+        """The class, its gating options and its op list (`npk.graph.describe`), one op a line."""
+        ops = graph.describe(self.ops).replace("\n", "\n    ")
+        return (f"{type(self).__name__}(gating={self.gating!r}, gate={self.gate_kind!r}, value_input="
+                f"{self.value_input!r}, input_shape={self.input_shape},\n  ops:\n    {ops}\n)")
 
     def _probe(self) -> None:
         """Run one zero input through both networks, so an op list that does not fit its input fails here."""
@@ -88,6 +100,9 @@ class GatedNet(nn.Module):
     def with_gating(self, gating: str, *, gate: str | None = None, beta: float | None = None,
                     eps: float | None = None, value_input: str | None = None) -> "GatedNet":
         """A copy with the same value network (weights copied) and a new gating network of kind `gating`.
+
+        `gating` picks the network that computes the pre-activations, `gate` ("hard" / "soft") how they
+        become gates (see the class docstring); None keeps this model's gate, beta, eps and value input.
 
         The new gating layers get He normal weights (std sqrt(2 / fan_in)) and zero biases from the
         global torch RNG; options left None keep this model's. Gating is an argument, not a class: the

@@ -128,7 +128,10 @@ def conv_ops(in_channels: int, channels: Sequence[int], *, input_size, kernel_si
 
 
 class ConvNet(GatedNet):
-    """Convolutional gated network; `gating=` as a keyword or fixed by a thin name. Arguments as in `conv_ops`."""
+    """Convolutional gated network; `gating=` as a keyword or fixed by a thin name. Arguments as in `conv_ops`.
+
+    `gating=` picks the network that computes the pre-activations, `gate=` how they become gates (`GatedNet`).
+    """
 
     def __init__(self, in_channels: int, channels: Sequence[int], kernel_size: int = 3, padding: str = "zero",
                  pooling: str = "gap", d_out: int = 10, spatial_dims: int = 2, *, input_size,

@@ -27,7 +27,10 @@ def fc_ops(d_in: int, widths: Sequence[int], d_out: int, bias: bool) -> list[gra
 
 
 class FCNet(GatedNet):
-    """Fully connected gated network; gating="self" | "relu" | "linear" | "shallow" (keyword, or a thin name)."""
+    """Fully connected gated network; gating="self" | "relu" | "linear" | "shallow" (keyword, or a thin name).
+
+    `gating=` picks the network that computes the pre-activations, `gate=` how they become gates (`GatedNet`).
+    """
 
     def __init__(self, d_in: int, widths: Sequence[int], d_out: int = 1, *, bias: bool = False, **gate_opts):
         super().__init__(fc_ops(d_in, widths, d_out, bias), (d_in,), **gate_opts)

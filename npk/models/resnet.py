@@ -70,7 +70,10 @@ def res_ops(d_in: int, width, n_blocks, layers_per_block: int = 1, d_out: int = 
 
 
 class ResNet(GatedNet):
-    """Residual gated network; `gating=` as a keyword or fixed by a thin name. Arguments as in `res_ops`."""
+    """Residual gated network; `gating=` as a keyword or fixed by a thin name. Arguments as in `res_ops`.
+
+    `gating=` picks the network that computes the pre-activations, `gate=` how they become gates (`GatedNet`).
+    """
 
     def __init__(self, d_in: int, width, n_blocks, layers_per_block: int = 1, d_out: int = 1, *,
                  stem: bool = True, conv: bool = False, input_size=None, spatial_dims: int = 2,

@@ -47,7 +47,8 @@ def from_module(module: nn.Module, example_input: torch.Tensor, gating: str = "s
             is checked to reproduce module(example_input).
         gating: "self" (the network itself: same function), "relu" (DGN), "linear" (DLGN), "shallow"
             (DLGN-SF); the other kinds get a fresh He-initialised gating network (`GatedNet.with_gating`).
-        gate_opts: gate, beta, eps, value_input as for every gated model.
+        gate_opts: gate ("hard" / "soft": how a pre-activation becomes a gate, not which network
+            computes it, which is `gating`), beta, eps, value_input as for every gated model.
     Returns:
         A GatedNet. Example: `from_module(vgg.eval(), torch.randn(2, 3, 32, 32), gating="linear")`.
     """

@@ -84,7 +84,7 @@ def path_length_npks(model: GatedNet, X: torch.Tensor,
     """
     unread = [op for op in graph.walk(model.ops)
               if isinstance(op, graph.MaxPool) or isinstance(op, graph.Residual) and op.skip]
-    if unread or graph.channel_plan(model.ops):
+    if unread or graph.kept_gates(model.ops):
         raise ValueError("path_length_npks reads identity skips and gates right after weight layers only, not "
                          "max pools, skip branches with ops or a ReLU after a shortcut (use npk_gram for H)")
     X = check_input(X, model.input_shape, "X")
