@@ -5,12 +5,14 @@ computes the neural path kernel (NPK) of its gates exactly, its neural tangent k
 theorems that link them.
 """
 from ._version import __version__
-from . import data, fit, graph, interpret, kernels, models, plots, report, theory, train
+from . import data, estimators, fit, graph, interpret, kernels, models, plots, report, theory, train
+from .estimators import KernelGPRegressor, KernelRidgeClassifier, KernelSVMClassifier, NPKGram
 from .fit import FitResult, evaluate_kernel, gp_posterior, kernel_ridge, kernel_svm
 from .kernels.npk import npk_gram
 from .kernels.ntk import ntk_gram
 from .train import TrainResult, accuracy, evaluate
 
-__all__ = ["data", "fit", "graph", "interpret", "kernels", "models", "plots", "report", "theory", "train",
+__all__ = ["data", "estimators", "fit", "graph", "interpret", "kernels", "models", "plots", "report", "theory", "train",
            "npk_gram", "ntk_gram", "FitResult", "evaluate_kernel", "gp_posterior", "kernel_ridge", "kernel_svm",
-           "TrainResult", "accuracy", "evaluate", "__version__"]
+           "TrainResult", "accuracy", "evaluate", "KernelRidgeClassifier", "KernelSVMClassifier",
+           "KernelGPRegressor", "NPKGram", "__version__"]

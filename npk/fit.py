@@ -361,6 +361,3 @@ def evaluate_kernel(gram_fn: Callable, data, method: str = "ridge", block: int =
     diag = torch.cat([torch.diagonal(torch.as_tensor(gram_fn(X_test[i:i + block], X_test[i:i + block])))
                       for i in range(0, len(X_test), block)])
     return gp_posterior(K_train, y_train, K_test, diag, kwargs["noise"], y_test)
-
-
-from .estimators import KernelGPRegressor, KernelRidgeClassifier, KernelSVMClassifier, NPKGram  # noqa: E402,F401

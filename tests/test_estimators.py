@@ -8,8 +8,8 @@ from sklearn.pipeline import make_pipeline
 
 import npk
 from npk.data import load
-from npk.fit import (KernelGPRegressor, KernelRidgeClassifier, KernelSVMClassifier, NPKGram, gp_posterior,
-                     kernel_ridge, kernel_svm)
+from npk.estimators import KernelGPRegressor, KernelRidgeClassifier, KernelSVMClassifier, NPKGram
+from npk.fit import gp_posterior, kernel_ridge, kernel_svm
 
 
 @pytest.fixture(scope="module")
