@@ -46,10 +46,11 @@ class StreamedGram:
     """Row blocks of a Gram held in memory, in an `np.memmap` or in a `.npy` file, as float64 arrays.
 
     A whole-file C-ordered memmap or a `.npy` path is read with file reads; anything else (tensors,
-    arrays, views of memmaps) is sliced. `name` is for error messages.
+    arrays, views of memmaps) is sliced. `name` is for error messages; a row block holds about
+    `block_bytes` (default: the module's BLOCK_BYTES) of float64.
     """
 
-    def __init__(self, K, name: str = "K", block_bytes: int = BLOCK_BYTES):
+    def __init__(self, K, name: str = "K", block_bytes: int | None = None):
         self.name, self._path, self._array = name, None, None
         if isinstance(K, (str, os.PathLike)):
             if not os.path.isfile(K):
@@ -68,7 +69,7 @@ class StreamedGram:
             raise ValueError(f"{name} must be a 2-D C-ordered Gram matrix, got shape {tuple(self.shape)}")
         if not (np.issubdtype(self.dtype, np.floating) or np.issubdtype(self.dtype, np.integer)):
             raise ValueError(f"{name} must hold real numbers, got dtype {self.dtype}")
-        self.block = max(1, block_bytes // (8 * max(1, self.shape[1])))
+        self.block = max(1, (block_bytes or BLOCK_BYTES) // (8 * max(1, self.shape[1])))
         self.passes = 0
 
     def open(self) -> np.ndarray:
