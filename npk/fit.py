@@ -239,17 +239,26 @@ def _search(codes: torch.Tensor, targets: Callable, grid: np.ndarray, val_fracti
     if len(grid) == 1:
         return float(grid[0]), []
     fit, val = (i.to(codes.device) for i in _split(codes, val_fraction, seed))
+    rows = _rows(grid, scorer(fit, val, grid), codes[val], targets, use_mse)
+    return rows[_best(rows)]["relative"], rows
+
+
+def _rows(grid: np.ndarray, scores: list, codes: torch.Tensor, targets: Callable, use_mse: bool) -> list:
+    """One validation row per grid value: relative value, accuracy, mse (None where scores is None)."""
     rows = []
-    for r, scores in zip(grid, scorer(fit, val, grid)):
-        acc, mse = (None, None) if scores is None else \
-            _metrics(scores, codes[val], targets(codes[val]) if use_mse else None)
+    for r, s in zip(grid, scores):
+        acc, mse = (None, None) if s is None else _metrics(s, codes, targets(codes) if use_mse else None)
         rows.append({"relative": float(r), "accuracy": acc, "mse": mse})
+    return rows
+
+
+def _best(rows: list) -> int:
+    """Index of the best row: highest accuracy, then lowest mse, then the smallest value."""
     ok = [i for i, row in enumerate(rows) if row["accuracy"] is not None]
     if not ok:
         raise ValueError("no grid value could be fitted on the validation split (no CG solve converged): raise "
                          "max_iter or landmarks, or use larger lambdas")
-    best = max(ok, key=lambda i: (rows[i]["accuracy"], -(rows[i]["mse"] or 0.0), -i))
-    return rows[best]["relative"], rows
+    return max(ok, key=lambda i: (rows[i]["accuracy"], -(rows[i]["mse"] or 0.0), -i))
 
 
 # ------------------------------------------------------------------------------------------ ridge
@@ -283,13 +292,18 @@ def ridge_path(K, Y, lambdas: Sequence[float], solver: str = "auto") -> torch.Te
 
 
 def kernel_ridge(K_train, y_train, K_test, y_test=None, lambdas: Sequence[float] | None = None,
-                 val_fraction: float = 0.2, seed: int = 0, solver: str = "auto", *, tol: float = solvers.TOL,
-                 max_iter: int = solvers.MAX_ITER, landmarks: int = solvers.LANDMARKS) -> FitResult:
+                 val_fraction: float = 0.2, seed: int = 0, solver: str = "auto", *, K_val=None, y_val=None,
+                 tol: float = solvers.TOL, max_iter: int = solvers.MAX_ITER,
+                 landmarks: int = solvers.LANDMARKS) -> FitResult:
     """Kernel ridge regression on one-vs-rest targets: scores = K_test (K_train + lambda I)^{-1} Y.
 
     Args:
         K_train (N, N), K_test (M, N): tensors, arrays, np.memmap or .npy paths.
         lambdas: relative to tr(K)/N (default RIDGE_GRID), chosen on a validation split.
+        K_val (V, N), y_val: an explicit validation set (e.g. the one a network's epoch was chosen on):
+            every lambda is fitted on all of K_train and scored on it, and the chosen fit is kept (no
+            refit); without it, val_fraction of the training points are held out and the chosen
+            lambda is refit on all of them.
         solver: "cholesky" / "eigh" (dense: `ridge_path` for the grid, one Cholesky solve for the refit),
             "cg" (streamed, `npk.solvers.ridge_cg`: the Grams are read in row blocks, never copied), or
             "auto": "cg" when the dense path would not fit the memory available.
@@ -302,29 +316,38 @@ def kernel_ridge(K_train, y_train, K_test, y_test=None, lambdas: Sequence[float]
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     grid = _grid(lambdas, RIDGE_GRID, "lambdas")
+    if (K_val is None) != (y_val is None):
+        raise ValueError("K_val and y_val go together: pass both (an explicit validation set) or neither")
     if solver == "cg" or (solver == "auto" and not _dense_fits(K_train, K_test)[0]):
         return _kernel_ridge_cg(K_train, y_train, K_test, y_test, grid, val_fraction, seed,
-                                dict(tol=tol, max_iter=max_iter, landmarks=landmarks, seed=seed))
+                                dict(tol=tol, max_iter=max_iter, landmarks=landmarks, seed=seed), K_val, y_val)
     P = _problem(K_train, y_train, K_test, y_test)
+    if K_val is not None:
+        K_val = _check_cross(_loaded(K_val), P.K, "K_val").to(P.K.device)
+        alphas = ridge_path(P.K, P.targets(P.codes), grid * P.scale, solver)
+        rows = _rows(grid, K_val @ alphas, _test_codes(y_val, P.classes, len(K_val)).to(P.K.device), P.targets, True)
+        r, alpha = grid[_best(rows)], alphas[_best(rows)]
+    else:
+        def scorer(fit, val, grid):
+            Kf = P.K[fit][:, fit]
+            alphas = ridge_path(Kf, P.targets(P.codes[fit]), grid * _scale(Kf), solver)
+            return P.K[val][:, fit] @ alphas
 
-    def scorer(fit, val, grid):
-        Kf = P.K[fit][:, fit]
-        alphas = ridge_path(Kf, P.targets(P.codes[fit]), grid * _scale(Kf), solver)
-        return P.K[val][:, fit] @ alphas
-
-    r, rows = _search(P.codes, P.targets, grid, val_fraction, seed, scorer, use_mse=True)
+        r, rows = _search(P.codes, P.targets, grid, val_fraction, seed, scorer, use_mse=True)
+        alpha = _cholesky_solve(P.K, P.targets(P.codes), r * P.scale)
     lam = r * P.scale
-    scores = P.K_test @ _cholesky_solve(P.K, P.targets(P.codes), lam)
+    scores = P.K_test @ alpha
     Y_test = None if P.test_codes is None else P.targets(P.test_codes.to(P.K.device))
     return _result(P.classes, P.test_codes, "ridge", "lambda", lam, r, scores, rows, Y_test,
                    solver={"name": solver})
 
 
 def _kernel_ridge_cg(K_train, y_train, K_test, y_test, grid: np.ndarray, val_fraction: float, seed: int,
-                     options: dict) -> FitResult:
+                     options: dict, K_val=None, y_val=None) -> FitResult:
     """kernel_ridge by `solvers.ridge_cg` on the streamed Grams: the grid on the fit rows of the validation
     split (all grid values in the same passes), validation scores K[val, fit] alpha in one pass, the
-    chosen value refit on all rows, test scores K_test alpha in one pass."""
+    chosen value refit on all rows, test scores K_test alpha in one pass. With K_val: the grid on all rows,
+    validation scores K_val alpha in one pass, no refit."""
     G, Gt = solvers.StreamedGram(K_train, "K_train"), solvers.StreamedGram(K_test, "K_test")
     N = G.shape[0]
     if G.shape[1] != N:
@@ -334,6 +357,19 @@ def _kernel_ridge_cg(K_train, y_train, K_test, y_test, grid: np.ndarray, val_fra
     C = len(classes)
     diag = G.diagonal()
     info = {"name": "cg", **{k: options[k] for k in ("tol", "max_iter", "landmarks")}}
+    if K_val is not None:
+        Gv = solvers.StreamedGram(K_val, "K_val")
+        _cross_shape(Gv.shape, N, "K_val")
+        val_codes = _test_codes(y_val, classes, Gv.shape[0])
+        alphas, cg = solvers.ridge_cg(G, _targets(codes, C), grid * _mean_diagonal(diag), **options)
+        info["validation"] = cg.to_dict()
+        scores = Gv.matmul(alphas.permute(1, 0, 2).reshape(N, -1)).reshape(-1, len(grid), C)
+        rows = _rows(grid, [s if ok else None for s, ok in zip(scores.unbind(1), cg.converged)], val_codes,
+                     lambda c: _targets(c, C), True)
+        best = _best(rows)
+        info["passes"] = G.passes + Gv.passes + Gt.passes
+        return _cg_result(classes, test_codes, grid[best] * _mean_diagonal(diag), grid[best],
+                          Gt.matmul(alphas[best]), rows, info)
 
     def scorer(fit, val, grid):
         f = fit.numpy()
@@ -351,10 +387,13 @@ def _kernel_ridge_cg(K_train, y_train, K_test, y_test, grid: np.ndarray, val_fra
         warnings.warn(f"kernel_ridge(solver='cg'): the refit at lambda {lam:.3g} stopped at relative residual "
                       f"{cg.residuals[0]:.3g} > tol {cg.tol:g} after {cg.max_iter} iterations; raise max_iter or "
                       f"landmarks", RuntimeWarning)
-    scores = Gt.matmul(alpha[0])
     info["passes"] = G.passes + Gt.passes
-    Y_test = None if test_codes is None else _targets(test_codes, C)
-    return _result(classes, test_codes, "ridge", "lambda", lam, r, scores, rows, Y_test, solver=info)
+    return _cg_result(classes, test_codes, lam, r, Gt.matmul(alpha[0]), rows, info)
+
+
+def _cg_result(classes, test_codes, lam: float, relative: float, scores: torch.Tensor, rows: list, info: dict):
+    Y_test = None if test_codes is None else _targets(test_codes, len(classes))
+    return _result(classes, test_codes, "ridge", "lambda", lam, relative, scores, rows, Y_test, solver=info)
 
 
 def _result(classes: np.ndarray, test_codes: torch.Tensor | None, method: str, name: str, value: float,

@@ -143,3 +143,21 @@ def test_the_streamed_fit_does_not_copy_the_gram_into_memory(tmp_path):
     size = path.stat().st_size
     assert load > 0.9 * size        # the measurement sees a copy of the file (file reads map nothing)
     assert cg < 0.25 * size         # the solver holds 1 MiB row blocks, its Nyström factor and vectors only
+
+
+def test_an_explicit_validation_set_chooses_the_ridge_without_refit_and_cg_agrees(disk):
+    train, test, y, yt, K, Kt = disk
+    fit, val = np.arange(400), np.arange(400, 500)
+    dense = kernel_ridge(K[np.ix_(fit, fit)], y[fit], Kt[:, fit], yt, K_val=K[np.ix_(val, fit)], y_val=y[val],
+                         solver="cholesky")
+    best = max(dense.validation, key=lambda row: (row["accuracy"], -row["mse"]))
+    assert dense.param_relative == best["relative"]
+    refit = kernel_ridge(K[np.ix_(fit, fit)], y[fit], Kt[:, fit], yt, lambdas=[dense.param_relative])
+    assert relative(dense.scores, refit.scores) < 1e-10          # the chosen fit is the one on all of K_train
+    np.save(train.parent / "fit.npy", K[np.ix_(fit, fit)].astype(np.float32))
+    np.save(train.parent / "val.npy", K[np.ix_(val, fit)].astype(np.float32))
+    cg = kernel_ridge(train.parent / "fit.npy", y[fit], Kt[:, fit], yt, K_val=train.parent / "val.npy",
+                      y_val=y[val], solver="cg", landmarks=50)
+    assert cg.param_relative == dense.param_relative and relative(cg.scores, dense.scores) < 1e-4
+    with pytest.raises(ValueError, match="go together"):
+        kernel_ridge(K, y, Kt, yt, K_val=K[:10])
