@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gram_memory import PeakMemory
 
 from npk.fit import kernel_ridge
 from npk.kernels.gram import format_bytes
+from npk.memory import PeakMemory
 
 
 def write_grams(folder: Path, n: int, m: int, d: int = 32, seed: int = 0, block: int = 2000):

@@ -102,6 +102,40 @@ def infinite_ntk(X: torch.Tensor, Y: torch.Tensor | None = None, *, depth: int, 
     return theta if kind == "ntk" else K
 
 
+def infinite_ntk_gram(X: torch.Tensor, Y: torch.Tensor | None = None, *, depth: int, kind: str = "ntk",
+                      W_std: float = 2**0.5, b_std: float = 0.0, block: int = 2048, out=None, checkpoint_dir=None,
+                      progress: bool | None = None, max_memory: int | None = None) -> torch.Tensor:
+    """`infinite_ntk` filled in block x block tiles by `npk.kernels.gram.blocked_gram`: into `out` (a .npy
+    path or memmap, for a Gram larger than memory), resuming from `checkpoint_dir`, as `npk_gram` does.
+
+    Example:
+        >>> X = torch.randn(5, 3, dtype=torch.float64)
+        >>> torch.allclose(infinite_ntk_gram(X, depth=2, block=2), infinite_ntk(X, depth=2))
+        True
+    """
+    X = _as_matrix(X, "X")
+    tiles = InfiniteTiles(depth, kind, W_std, b_std, X.dtype)
+    return blocked_gram(tiles, X, None if Y is None else _as_matrix(Y, "Y"), block=block, out=out,
+                        checkpoint_dir=checkpoint_dir, progress=progress, max_memory=max_memory,
+                        entry="infinite_ntk_gram")
+
+
+class InfiniteTiles(TileKernel):
+    """`infinite_ntk` as a tile kernel (inputs: flat X slices)."""
+
+    name = "infinite-width NTK"
+
+    def __init__(self, depth: int, kind: str, W_std: float, b_std: float, dtype: torch.dtype):
+        self.options, self.dtype = dict(depth=depth, kind=kind, W_std=W_std, b_std=b_std), dtype
+        self.key = {"kernel": "infinite_ntk", **self.options, "dtype": str(dtype)}
+
+    def tile(self, fx, fy) -> torch.Tensor:
+        return infinite_ntk(fx, fy, **self.options)
+
+    def work_bytes(self, n: int, m: int) -> int:
+        return 8 * n * m * torch.empty((), dtype=self.dtype).element_size()   # the recursion's temporaries
+
+
 def _first_layer_features(X: torch.Tensor, W_std: float, b_std: float) -> torch.Tensor:
     """u = (W_std x / sqrt(d), b_std), so that the first layer's covariance is <u, u'>."""
     return torch.cat([W_std * X / math.sqrt(X.shape[1]), torch.full_like(X[:, :1], b_std)], dim=1)
