@@ -367,9 +367,9 @@ def _kernel_ridge_cg(K_train, y_train, K_test, y_test, grid: np.ndarray, val_fra
         rows = _rows(grid, [s if ok else None for s, ok in zip(scores.unbind(1), cg.converged)], val_codes,
                      lambda c: _targets(c, C), True)
         best = _best(rows)
+        scores = Gt.matmul(alphas[best])
         info["passes"] = G.passes + Gv.passes + Gt.passes
-        return _cg_result(classes, test_codes, grid[best] * _mean_diagonal(diag), grid[best],
-                          Gt.matmul(alphas[best]), rows, info)
+        return _cg_result(classes, test_codes, grid[best] * _mean_diagonal(diag), grid[best], scores, rows, info)
 
     def scorer(fit, val, grid):
         f = fit.numpy()
@@ -387,8 +387,9 @@ def _kernel_ridge_cg(K_train, y_train, K_test, y_test, grid: np.ndarray, val_fra
         warnings.warn(f"kernel_ridge(solver='cg'): the refit at lambda {lam:.3g} stopped at relative residual "
                       f"{cg.residuals[0]:.3g} > tol {cg.tol:g} after {cg.max_iter} iterations; raise max_iter or "
                       f"landmarks", RuntimeWarning)
+    scores = Gt.matmul(alpha[0])
     info["passes"] = G.passes + Gt.passes
-    return _cg_result(classes, test_codes, lam, r, Gt.matmul(alpha[0]), rows, info)
+    return _cg_result(classes, test_codes, lam, r, scores, rows, info)
 
 
 def _cg_result(classes, test_codes, lam: float, relative: float, scores: torch.Tensor, rows: list, info: dict):

@@ -71,6 +71,7 @@ class StreamedGram:
             raise ValueError(f"{name} must hold real numbers, got dtype {self.dtype}")
         self.block = max(1, (block_bytes or BLOCK_BYTES) // (8 * max(1, self.shape[1])))
         self.passes = 0
+        self._checked = False    # every row read once and found finite: later passes skip the check
 
     def open(self) -> np.ndarray:
         """The whole Gram as an array: a read-only memmap of a file, else the array itself."""
@@ -78,7 +79,7 @@ class StreamedGram:
             np.memmap(self._path, self.dtype, "r", self._offset, self.shape)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        """K[start:stop] as a float64 array, checked finite."""
+        """K[start:stop] as a float64 array, checked finite (until one whole pass has been)."""
         if self._array is not None:
             out = np.asarray(self._array[start:stop], dtype=np.float64)
         else:
@@ -86,7 +87,7 @@ class StreamedGram:
             with open(self._path, "rb") as f:
                 f.seek(self._offset + start * M * item)
                 out = np.fromfile(f, dtype=self.dtype, count=(stop - start) * M).astype(np.float64).reshape(-1, M)
-        if not np.isfinite(out).all():
+        if not self._checked and not np.isfinite(out).all():
             bad = np.argwhere(~np.isfinite(out))[0]
             raise ValueError(f"{self.name} contains NaN or inf (first at row {start + bad[0]}, column {bad[1]}); "
                              f"recompute the Gram")
@@ -124,6 +125,7 @@ class StreamedGram:
                 block = self.rows(start, stop)
                 parts.append(torch.from_numpy(block if keep.all() else block[keep]) @ P)
         self.passes += 1
+        self._checked = self._checked or rows is None
         return torch.cat(parts) if parts else P.new_zeros((0, P.shape[1]))
 
 

@@ -55,6 +55,7 @@ def test_streamed_grid_search_picks_the_dense_ridge_with_the_same_validation_num
     # every ridge value of the grid shares the validation passes: no more passes than the slowest value
     v = cg.solver["validation"]
     assert v["passes"] == max(v["iterations"]) and len(v["iterations"]) == len(npk.fit.RIDGE_GRID)
+    assert cg.solver["passes"] == v["passes"] + 1 + cg.solver["final"]["passes"] + 1
 
 
 def test_the_nystrom_preconditioner_cuts_the_iterations():
@@ -159,5 +160,6 @@ def test_an_explicit_validation_set_chooses_the_ridge_without_refit_and_cg_agree
     cg = kernel_ridge(train.parent / "fit.npy", y[fit], Kt[:, fit], yt, K_val=train.parent / "val.npy",
                       y_val=y[val], solver="cg", landmarks=50)
     assert cg.param_relative == dense.param_relative and relative(cg.scores, dense.scores) < 1e-4
+    assert cg.solver["passes"] == cg.solver["validation"]["passes"] + 2      # + validation and test scores
     with pytest.raises(ValueError, match="go together"):
         kernel_ridge(K, y, Kt, yt, K_val=K[:10])
