@@ -163,3 +163,10 @@ def test_an_explicit_validation_set_chooses_the_ridge_without_refit_and_cg_agree
     assert cg.solver["passes"] == cg.solver["validation"]["passes"] + 2      # + validation and test scores
     with pytest.raises(ValueError, match="go together"):
         kernel_ridge(K, y, Kt, yt, K_val=K[:10])
+
+
+def test_the_gemm_angles_of_the_infinite_ntk_agree_with_the_exact_ones_below_float32_rounding():
+    X = torch.randn(300, 50, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    exact, fast = infinite_ntk(X, depth=3), infinite_ntk(X, depth=3, exact_angles=False)
+    assert relative(fast.numpy(), exact.numpy()) < 1e-7
+    assert relative(exact.numpy(), exact.float().double().numpy()) > 1e-9      # float32 rounding is coarser

@@ -118,10 +118,11 @@ def ntk_fn(model: models.GatedNet, progress: bool = False, dtype: torch.dtype = 
     return on_model_device(ntk_gram, model, dtype, params="all", progress=progress)
 
 
-def infinite_ntk_fn(depth: int, progress: bool = False):
-    """The infinite-width NTK of a fully connected ReLU net with `depth` hidden layers, on flattened inputs."""
+def infinite_ntk_fn(depth: int, progress: bool = False, exact_angles: bool = True):
+    """The infinite-width NTK of a fully connected ReLU net with `depth` hidden layers, on flattened inputs
+    (exact_angles=False: the first layer's angles from a GEMM, for float32 Grams; see `infinite_ntk`)."""
     return lambda X, Y=None, **kw: infinite_ntk_gram(X.flatten(1), None if Y is None else Y.flatten(1), depth=depth,
-                                                     progress=progress, **kw)
+                                                     exact_angles=exact_angles, progress=progress, **kw)
 
 
 def on_model_device(kernel, model: torch.nn.Module, dtype: torch.dtype = torch.float64, **options):
