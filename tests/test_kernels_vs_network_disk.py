@@ -37,7 +37,7 @@ def test_the_streamed_fit_is_the_dense_fit_on_the_same_float32_grams(run):
     _, results = run
     data = load_data({**SETTINGS, "dataset": "digits", "seed": 0}, flatten=True)
     X, Xv, Xt = (a.double() for a in (data.X_train, data.X_val, data.X_test))
-    gram = lambda A: infinite_ntk(A.float(), X.float(), depth=2).double()       # noqa: E731 (float32 as on disk)
+    gram = lambda A: infinite_ntk(A.float(), X.float(), depth=2, exact_angles=False).double()  # noqa: E731 (as on disk)
     dense = kernel_ridge(gram(X), data.y_train, gram(Xt), data.y_test, K_val=gram(Xv), y_val=data.y_val,
                          lambdas=SETTINGS["lambdas"], solver="cholesky")
     streamed = results["kernels_vs_network"]["dnn"]["kernels"]["ntk-inf"]
@@ -45,3 +45,13 @@ def test_the_streamed_fit_is_the_dense_fit_on_the_same_float32_grams(run):
     assert streamed["fit"]["param_relative"] == dense.param_relative
     assert [r["mse"] for r in streamed["fit"]["validation"]] == pytest.approx([r["mse"] for r in dense.validation],
                                                                               rel=1e-4)
+
+
+def test_the_full_fashion_mnist_config_is_valid():
+    from pathlib import Path
+    from npk.experiments.base import get, merge_config
+    from npk.experiments.kernels_vs_network import KERNELS, kernels_of
+    config = json.loads((Path(__file__).parents[1] / "analysis/configs/fashion-mnist-full.json").read_text())
+    cfg = merge_config(get("kernels-vs-network"), config)
+    assert cfg["dataset"] == "fashion-mnist" and cfg["n_train"] is None and cfg["gram_store"] == "disk"
+    assert {k for kind in cfg["kinds"] for k in kernels_of(cfg, kind)} == set(KERNELS) - {"ntk-init"}
