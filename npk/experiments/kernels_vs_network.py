@@ -62,7 +62,7 @@ def kernels_vs_network(cfg: dict, run) -> dict:
     if cfg["gram_store"] == "disk":
         return _on_disk(cfg, run)
     data = input_view(cfg["family"], load_data(cfg, flatten=False, run=run))
-    rows, spectra, results = [], {}, {}
+    spectra, results = {}, {}
     for kind in cfg["kinds"]:
         chosen = kernels_of(cfg, kind)
         model = make_model(cfg["family"], kind, data, cfg, **gated_opts(kind, cfg))
@@ -80,13 +80,15 @@ def kernels_vs_network(cfg: dict, run) -> dict:
             kernels["ntk-inf"] = grams(run, f"ntk-inf-{model.n_gated}", infinite_ntk_of(model), data.flat())
         accs = {name: kernel_accuracy(Ktr, Kte, data, cfg["seed"]) for name, (Ktr, Kte) in kernels.items()}
         results[kind] = {"network": net, "kernel_acc": accs}
-        rows.append([kind.upper(), net["best_test_acc"], net["final_test_acc"], *[accs[k] for k in kernels]])
         spectra.update({f"{kind.upper()} {name}": spectrum(K[0]) for name, K in kernels.items()})
         if kind == cfg["kinds"][-1] and "npk-learnt" in kernels:
             heatmap = run.figure_path(f"gram-{kind}-npk-learnt.png")
             gram_heatmap(kernels["npk-learnt"][0], data.y_train, path=heatmap,
                          title=f"{kind.upper()} NPK, learnt gates (train set)")
-    columns = ["network", "net best acc", "net final acc", *[f"KRR {k}" for k in kernels]]
+    names = [k for k in KERNELS if any(k in r["kernel_acc"] for r in results.values())]
+    columns = ["network", "net best acc", "net final acc", *[f"KRR {k}" for k in names]]
+    rows = [[kind.upper(), r["network"]["best_test_acc"], r["network"]["final_test_acc"],
+             *[r["kernel_acc"].get(k, "-") for k in names]] for kind, r in results.items()]
     report = run.report
     report.heading(f"Kernels against the network ({cfg['family']}, {cfg['dataset']})")
     report.table(rows, columns)
