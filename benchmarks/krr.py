@@ -8,7 +8,8 @@ dimensions (10 classes), written in row blocks as float32 .npy files (K_train N 
 each with wall time, peak anonymous memory above the start (RssAnon sampled every 20 ms; loading the
 float32 files is part of the dense and sklearn runs) and the largest score difference to the dense solve,
 relative to the largest dense score. Ratios are dense / streamed.
-Run: python benchmarks/krr.py [--n 16000] [--n-test 2000] [--threads 1] [--folder /tmp/krr] [--json out.json]
+Run: python benchmarks/krr.py [--n 16000] [--n-test 2000] [--threads 1] [--folder /tmp/krr] [--stages one,grid]
+     [--json out.json]
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--folder", type=Path, default=None, help="where the Gram files go (default: a temp dir)")
     parser.add_argument("--skip-sklearn", action="store_true")
+    parser.add_argument("--stages", default="one,grid", help="which stages: one (one ridge), grid, or both")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -83,7 +85,8 @@ def main() -> None:
             K, Kt = (np.load(train), np.load(test)) if loaded else (train, test)
             return kernel_ridge(K, y, Kt, yt, lambdas=lambdas, solver=solver)
         rows = []
-        for stage, lambdas in (("one ridge", [args.ridge]), ("grid + validation", None)):
+        stages = {"one": ("one ridge", [args.ridge]), "grid": ("grid + validation", None)}
+        for stage, lambdas in (stages[s] for s in args.stages.split(",")):
             runs = [measured("streamed CG (files)", lambda: fit("cg", lambdas, False)),
                     measured("dense Cholesky (in memory)", lambda: fit("cholesky", lambdas, True))]
             if lambdas is not None and not args.skip_sklearn:
