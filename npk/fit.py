@@ -364,8 +364,7 @@ def _kernel_ridge_cg(K_train, y_train, K_test, y_test, grid: np.ndarray, val_fra
         alphas, cg = solvers.ridge_cg(G, _targets(codes, C), grid * _mean_diagonal(diag), **options)
         info["validation"] = cg.to_dict()
         scores = Gv.matmul(alphas.permute(1, 0, 2).reshape(N, -1)).reshape(-1, len(grid), C)
-        rows = _rows(grid, [s if ok else None for s, ok in zip(scores.unbind(1), cg.converged)], val_codes,
-                     lambda c: _targets(c, C), True)
+        rows = _rows(grid, _converged(scores, cg), val_codes, lambda c: _targets(c, C), True)
         best = _best(rows)
         scores = Gt.matmul(alphas[best])
         info["passes"] = G.passes + Gv.passes + Gt.passes
@@ -377,7 +376,7 @@ def _kernel_ridge_cg(K_train, y_train, K_test, y_test, grid: np.ndarray, val_fra
         info["validation"] = cg.to_dict()
         flat = alphas.permute(1, 0, 2).reshape(len(f), -1)                    # (n_fit, L C)
         scores = G.matmul(solvers.padded(flat, f, N), val.numpy()).reshape(len(val), len(grid), C)
-        return [s if ok else None for s, ok in zip(scores.unbind(1), cg.converged)]
+        return _converged(scores, cg)
 
     r, rows = _search(codes, lambda c: _targets(c, C), grid, val_fraction, seed, scorer, use_mse=True)
     lam = r * _mean_diagonal(diag)
@@ -390,6 +389,11 @@ def _kernel_ridge_cg(K_train, y_train, K_test, y_test, grid: np.ndarray, val_fra
     scores = Gt.matmul(alpha[0])
     info["passes"] = G.passes + Gt.passes
     return _cg_result(classes, test_codes, lam, r, scores, rows, info)
+
+
+def _converged(scores: torch.Tensor, cg: solvers.CGInfo) -> list:
+    """The (n, C) scores of each ridge value from (n, L, C), None where its CG did not converge."""
+    return [s if ok else None for s, ok in zip(scores.unbind(1), cg.converged)]
 
 
 def _cg_result(classes, test_codes, lam: float, relative: float, scores: torch.Tensor, rows: list, info: dict):
