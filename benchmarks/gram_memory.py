@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -22,32 +21,7 @@ import torch
 import npk
 from npk.kernels import compact
 from npk.kernels.gram import format_bytes
-
-
-class PeakMemory:
-    """Peak RssAnon and VmRSS of this process, sampled in a thread."""
-
-    def __init__(self):
-        self.anon = self.rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self):
-        while not self._stop.is_set():
-            fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-            self.anon = max(self.anon, int(fields["RssAnon"].split()[0]) * 1024)
-            self.rss = max(self.rss, int(fields["VmRSS"].split()[0]) * 1024)
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        time.sleep(0.05)
-        self.base_anon, self.base_rss = self.anon, self.rss
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+from npk.memory import PeakMemory
 
 
 def main() -> None:

@@ -21,22 +21,34 @@ Ridge solvers: alpha(lambda) = (K + lambda I)^{-1} Y by a float64 Cholesky facto
 one eigendecomposition K = U diag(s) U^T, alpha(lambda) = U diag(1 / (s + lambda)) U^T Y, each further
 lambda costing matrix products only. One eigendecomposition costs about as much as EIGH_BREAK_EVEN
 Cholesky factorisations on a CPU (LAPACK syevd vs potrf), so solver="auto" uses it only for longer grids.
+
+Grams larger than memory (solver="cg", `npk.solvers`): K_train and K_test stay on disk (`.npy` paths or
+memmaps) and are read in row blocks; every ridge value of the grid and every one-vs-rest column is solved
+by Nyström-preconditioned CG in the same passes over the Gram, the validation fit on the rows of the split
+(no sub-Gram is formed), and the test scores K_test alpha are one streamed pass. solver="auto" takes this
+path when the dense one (float64 copies of the Grams, `solvers.dense_bytes`) would not fit the memory
+available. The SVM and the GP stay dense, and refuse a Gram that does not fit with a MemoryError.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import os
+import warnings
+
 import numpy as np
 import torch
 
+from . import solvers
+from .kernels.gram import available_memory, format_bytes
 from .kernels.linalg import as_float64, check_gram, check_psd, cholesky, label_codes, shifted
 from .validate import finite_values, nonempty_samples
 
 RIDGE_GRID = tuple(10.0 ** np.arange(-6, 2))   # lambda / (tr K / N)
 SVM_GRID = tuple(10.0 ** np.arange(-2, 5))     # C * (tr K / N)
 EIGH_BREAK_EVEN = 20
-SOLVERS = ("auto", "cholesky", "eigh")
+SOLVERS = ("auto", "cholesky", "eigh", "cg")
 METHODS = ("ridge", "svm", "gp")
 
 
@@ -49,7 +61,10 @@ class FitResult:
     (M, C) outputs (ridge: regression outputs; GP: posterior mean; SVM: one-vs-rest decision values,
     (-d, d) for two classes), predictions the predicted labels (original label values). accuracy and mse
     need y_test (mse: mean over all entries of (scores - targets)^2; None for the SVM). validation has
-    one row per grid value: relative (the grid value), accuracy, mse (validation split).
+    one row per grid value: relative (the grid value), accuracy, mse (validation split). solver says how
+    ridge was solved: {"name"} and, for "cg", tol, max_iter, landmarks, passes over the Gram, and per
+    stage ("validation": one entry per grid value; "final") the iterations, residuals ||r||/||y|| and
+    whether each converged.
     """
 
     method: str
@@ -63,12 +78,13 @@ class FitResult:
     mse: float | None = None
     validation: list = field(default_factory=list)
     variance: np.ndarray | None = None
+    solver: dict | None = None
 
     def to_dict(self, arrays: bool = False) -> dict:
         """JSON-ready summary (numbers only; with arrays=True also scores, predictions, variance as lists)."""
         out = {"method": self.method, "param_name": self.param_name, "param": self.param,
                "param_relative": self.param_relative, "accuracy": self.accuracy, "mse": self.mse,
-               "validation": self.validation}
+               "validation": self.validation, "solver": self.solver}
         if arrays:
             out.update({k: None if v is None else v.tolist() for k, v in
                         (("scores", self.scores), ("predictions", self.predictions), ("variance", self.variance))})
@@ -89,12 +105,20 @@ class _Problem:
         return _scale(self.K)
 
     def targets(self, codes: torch.Tensor) -> torch.Tensor:
-        C = len(self.classes)
-        return torch.nn.functional.one_hot(codes, C).to(self.K) - 1.0 / C
+        return _targets(codes, len(self.classes)).to(self.K)
+
+
+def _targets(codes: torch.Tensor, C: int) -> torch.Tensor:
+    """One-vs-rest targets one-hot(codes) - 1/C, float64."""
+    return torch.nn.functional.one_hot(codes, C).double() - 1.0 / C
 
 
 def _scale(K: torch.Tensor) -> float:
-    s = torch.trace(K).item() / len(K)
+    return _mean_diagonal(torch.diagonal(K))
+
+
+def _mean_diagonal(diag) -> float:
+    s = float(diag.mean())
     if s <= 0:
         raise ValueError(f"the Gram's mean diagonal tr(K)/N must be positive, got {s:.4g} (an all-zero Gram?)")
     return s
@@ -108,24 +132,56 @@ def _grams(K_train, K_test, test_name: str) -> tuple[torch.Tensor, torch.Tensor]
     return K, _check_cross(K_test, K, test_name).to(K.device)
 
 
-def _problem(K_train, y_train, K_test, y_test, test_name: str = "K_test") -> _Problem:
-    K, K_test = _grams(K_train, K_test, test_name)
+def _problem(K_train, y_train, K_test, y_test, test_name: str = "K_test", entry: str = "kernel_ridge") -> _Problem:
+    _require_dense(K_train, K_test, entry)
+    K, K_test = _grams(_loaded(K_train), _loaded(K_test), test_name)
+    classes, codes, test_codes = _labels(y_train, y_test, len(K), len(K_test))
+    return _Problem(K, K_test, codes.to(K.device), classes, test_codes)
+
+
+def _labels(y_train, y_test, n: int, m: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+    """(classes, codes of y_train, codes of y_test or None), checked against n training and m test points."""
     classes, codes = label_codes(y_train, "y_train")
-    if len(codes) != len(K):
-        raise ValueError(f"y_train has {len(codes)} labels but K_train is {len(K)} x {len(K)}: one label per training point")
+    if len(codes) != n:
+        raise ValueError(f"y_train has {len(codes)} labels but K_train is {n} x {n}: one label per training point")
     if len(classes) < 2:
         raise ValueError(f"y_train needs at least two classes, got only {classes.tolist()}")
-    test_codes = None if y_test is None else _test_codes(y_test, classes, len(K_test))
-    return _Problem(K, K_test, codes.to(K.device), classes, test_codes)
+    return classes, codes, None if y_test is None else _test_codes(y_test, classes, m)
 
 
 def _check_cross(K_test, K: torch.Tensor, name: str) -> torch.Tensor:
     K_test = as_float64(K_test, name)
-    if K_test.shape[1] != len(K):
-        hint = " (is it K(train, test)? pass its transpose)" if K_test.shape[0] == len(K) else ""
-        raise ValueError(f"{name} must be (M, N) = kernel between test and training points with N = {len(K)}, "
-                         f"got shape {tuple(K_test.shape)}{hint}")
+    _cross_shape(tuple(K_test.shape), len(K), name)
     return K_test
+
+
+def _cross_shape(shape: tuple, n: int, name: str) -> None:
+    if shape[1] != n:
+        hint = " (is it K(train, test)? pass its transpose)" if shape[0] == n else ""
+        raise ValueError(f"{name} must be (M, N) = kernel between test and training points with N = {n}, "
+                         f"got shape {shape}{hint}")
+
+
+def _loaded(K):
+    """K, with a .npy path or a memmap read into memory as float64 (the dense path)."""
+    if isinstance(K, (str, os.PathLike)):
+        K = solvers.StreamedGram(K).open()
+    return np.array(K, dtype=np.float64) if isinstance(K, np.memmap) else K
+
+
+def _dense_fits(K_train, K_test) -> tuple[bool, int, int]:
+    """(fits, bytes needed, bytes available) for the dense path on these Grams."""
+    need = solvers.dense_bytes(solvers.gram_shape(K_train), solvers.gram_shape(K_test))
+    have = available_memory()
+    return need <= have, need, have
+
+
+def _require_dense(K_train, K_test, entry: str) -> None:
+    fits, need, have = _dense_fits(K_train, K_test)
+    if not fits:
+        raise MemoryError(f"{entry} works on the Grams in memory (dense, float64) and needs about {format_bytes(need)}, "
+                          f"but only {format_bytes(have)} is available; kernel_ridge(..., solver='cg') streams a "
+                          f"Gram from disk (a .npy path or memmap)")
 
 
 def _test_codes(y_test, classes: np.ndarray, m: int) -> torch.Tensor:
@@ -171,23 +227,38 @@ def _grid(values, default: Sequence[float], name: str) -> np.ndarray:
     return np.unique(g)
 
 
-def _search(P: _Problem, grid: np.ndarray, val_fraction: float, seed: int,
+def _search(codes: torch.Tensor, targets: Callable, grid: np.ndarray, val_fraction: float, seed: int,
             scorer: Callable[[torch.Tensor, torch.Tensor, np.ndarray], list], use_mse: bool) -> tuple[float, list]:
     """Pick a relative grid value on a validation split; return it with one row per grid value.
 
-    scorer(fit, val, grid) returns the (n_val, C) validation scores for every grid value. The best row has
-    the highest accuracy, then (use_mse) the lowest mse, then the smallest value.
+    codes are the training labels' codes, targets(codes) their targets. scorer(fit, val, grid) returns the
+    (n_val, C) validation scores for every grid value, or None for a value that cannot be chosen (a CG
+    solve that did not converge). The best row has the highest accuracy, then (use_mse) the lowest mse,
+    then the smallest value.
     """
     if len(grid) == 1:
         return float(grid[0]), []
-    fit, val = (i.to(P.K.device) for i in _split(P.codes, val_fraction, seed))
-    codes = P.codes[val]
+    fit, val = (i.to(codes.device) for i in _split(codes, val_fraction, seed))
+    rows = _rows(grid, scorer(fit, val, grid), codes[val], targets, use_mse)
+    return rows[_best(rows)]["relative"], rows
+
+
+def _rows(grid: np.ndarray, scores: list, codes: torch.Tensor, targets: Callable, use_mse: bool) -> list:
+    """One validation row per grid value: relative value, accuracy, mse (None where scores is None)."""
     rows = []
-    for r, scores in zip(grid, scorer(fit, val, grid)):
-        acc, mse = _metrics(scores, codes, P.targets(codes) if use_mse else None)
+    for r, s in zip(grid, scores):
+        acc, mse = (None, None) if s is None else _metrics(s, codes, targets(codes) if use_mse else None)
         rows.append({"relative": float(r), "accuracy": acc, "mse": mse})
-    best = max(range(len(rows)), key=lambda i: (rows[i]["accuracy"], -(rows[i]["mse"] or 0.0), -i))
-    return rows[best]["relative"], rows
+    return rows
+
+
+def _best(rows: list) -> int:
+    """Index of the best row: highest accuracy, then lowest mse, then the smallest value."""
+    ok = [i for i, row in enumerate(rows) if row["accuracy"] is not None]
+    if not ok:
+        raise ValueError("no grid value could be fitted on the validation split (no CG solve converged): raise "
+                         "max_iter or landmarks, or use larger lambdas")
+    return max(ok, key=lambda i: (rows[i]["accuracy"], -(rows[i]["mse"] or 0.0), -i))
 
 
 # ------------------------------------------------------------------------------------------ ridge
@@ -221,34 +292,123 @@ def ridge_path(K, Y, lambdas: Sequence[float], solver: str = "auto") -> torch.Te
 
 
 def kernel_ridge(K_train, y_train, K_test, y_test=None, lambdas: Sequence[float] | None = None,
-                 val_fraction: float = 0.2, seed: int = 0, solver: str = "auto") -> FitResult:
+                 val_fraction: float = 0.2, seed: int = 0, solver: str = "auto", *, K_val=None, y_val=None,
+                 tol: float = solvers.TOL, max_iter: int = solvers.MAX_ITER,
+                 landmarks: int = solvers.LANDMARKS) -> FitResult:
     """Kernel ridge regression on one-vs-rest targets: scores = K_test (K_train + lambda I)^{-1} Y.
 
-    lambdas are relative to tr(K)/N (default RIDGE_GRID) and chosen on a validation split; `solver` is
-    passed to `ridge_path` for the grid (the final refit is one Cholesky solve).
+    Args:
+        K_train (N, N), K_test (M, N): tensors, arrays, np.memmap or .npy paths.
+        lambdas: relative to tr(K)/N (default RIDGE_GRID), chosen on a validation split.
+        K_val (V, N), y_val: an explicit validation set (e.g. the one a network's epoch was chosen on):
+            every lambda is fitted on all of K_train and scored on it, and the chosen fit is kept (no
+            refit); without it, val_fraction of the training points are held out and the chosen
+            lambda is refit on all of them.
+        solver: "cholesky" / "eigh" (dense: `ridge_path` for the grid, one Cholesky solve for the refit),
+            "cg" (streamed, `npk.solvers.ridge_cg`: the Grams are read in row blocks, never copied), or
+            "auto": "cg" when the dense path would not fit the memory available.
+        tol, max_iter, landmarks: of "cg": relative residual, iterations (= passes over the Gram), Nyström rank.
+
+    Example:
+        >>> r = kernel_ridge("K_train.npy", y_train, "K_test.npy", y_test, solver="cg")   # doctest: +SKIP
+        >>> r.accuracy, r.solver["final"]["iterations"]                                     # doctest: +SKIP
     """
-    P = _problem(K_train, y_train, K_test, y_test)
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     grid = _grid(lambdas, RIDGE_GRID, "lambdas")
+    if (K_val is None) != (y_val is None):
+        raise ValueError("K_val and y_val go together: pass both (an explicit validation set) or neither")
+    if solver == "cg" or (solver == "auto" and not _dense_fits(K_train, K_test)[0]):
+        return _kernel_ridge_cg(K_train, y_train, K_test, y_test, grid, val_fraction, seed,
+                                dict(tol=tol, max_iter=max_iter, landmarks=landmarks, seed=seed), K_val, y_val)
+    P = _problem(K_train, y_train, K_test, y_test)
+    if K_val is not None:
+        K_val = _check_cross(_loaded(K_val), P.K, "K_val").to(P.K.device)
+        alphas = ridge_path(P.K, P.targets(P.codes), grid * P.scale, solver)
+        rows = _rows(grid, K_val @ alphas, _test_codes(y_val, P.classes, len(K_val)).to(P.K.device), P.targets, True)
+        r, alpha = grid[_best(rows)], alphas[_best(rows)]
+    else:
+        def scorer(fit, val, grid):
+            Kf = P.K[fit][:, fit]
+            alphas = ridge_path(Kf, P.targets(P.codes[fit]), grid * _scale(Kf), solver)
+            return P.K[val][:, fit] @ alphas
+
+        r, rows = _search(P.codes, P.targets, grid, val_fraction, seed, scorer, use_mse=True)
+        alpha = _cholesky_solve(P.K, P.targets(P.codes), r * P.scale)
+    lam = r * P.scale
+    scores = P.K_test @ alpha
+    Y_test = None if P.test_codes is None else P.targets(P.test_codes.to(P.K.device))
+    return _result(P.classes, P.test_codes, "ridge", "lambda", lam, r, scores, rows, Y_test,
+                   solver={"name": solver})
+
+
+def _kernel_ridge_cg(K_train, y_train, K_test, y_test, grid: np.ndarray, val_fraction: float, seed: int,
+                     options: dict, K_val=None, y_val=None) -> FitResult:
+    """kernel_ridge by `solvers.ridge_cg` on the streamed Grams: the grid on the fit rows of the validation
+    split (all grid values in the same passes), validation scores K[val, fit] alpha in one pass, the
+    chosen value refit on all rows, test scores K_test alpha in one pass. With K_val: the grid on all rows,
+    validation scores K_val alpha in one pass, no refit."""
+    G, Gt = solvers.StreamedGram(K_train, "K_train"), solvers.StreamedGram(K_test, "K_test")
+    N = G.shape[0]
+    if G.shape[1] != N:
+        raise ValueError(f"K_train must be a square (N, N) Gram matrix of one sample set, got shape {G.shape}")
+    _cross_shape(Gt.shape, N, "K_test")
+    classes, codes, test_codes = _labels(y_train, y_test, N, Gt.shape[0])
+    C = len(classes)
+    diag = G.diagonal()
+    info = {"name": "cg", **{k: options[k] for k in ("tol", "max_iter", "landmarks")}}
+    if K_val is not None:
+        Gv = solvers.StreamedGram(K_val, "K_val")
+        _cross_shape(Gv.shape, N, "K_val")
+        val_codes = _test_codes(y_val, classes, Gv.shape[0])
+        alphas, cg = solvers.ridge_cg(G, _targets(codes, C), grid * _mean_diagonal(diag), **options)
+        info["validation"] = cg.to_dict()
+        scores = Gv.matmul(alphas.permute(1, 0, 2).reshape(N, -1)).reshape(-1, len(grid), C)
+        rows = _rows(grid, _converged(scores, cg), val_codes, lambda c: _targets(c, C), True)
+        best = _best(rows)
+        scores = Gt.matmul(alphas[best])
+        info["passes"] = G.passes + Gv.passes + Gt.passes
+        return _cg_result(classes, test_codes, grid[best] * _mean_diagonal(diag), grid[best], scores, rows, info)
 
     def scorer(fit, val, grid):
-        Kf = P.K[fit][:, fit]
-        alphas = ridge_path(Kf, P.targets(P.codes[fit]), grid * _scale(Kf), solver)
-        return P.K[val][:, fit] @ alphas
+        f = fit.numpy()
+        alphas, cg = solvers.ridge_cg(G, _targets(codes[fit], C), grid * _mean_diagonal(diag[f]), rows=f, **options)
+        info["validation"] = cg.to_dict()
+        flat = alphas.permute(1, 0, 2).reshape(len(f), -1)                    # (n_fit, L C)
+        scores = G.matmul(solvers.padded(flat, f, N), val.numpy()).reshape(len(val), len(grid), C)
+        return _converged(scores, cg)
 
-    r, rows = _search(P, grid, val_fraction, seed, scorer, use_mse=True)
-    lam = r * P.scale
-    scores = P.K_test @ _cholesky_solve(P.K, P.targets(P.codes), lam)
-    Y_test = None if P.test_codes is None else P.targets(P.test_codes.to(P.K.device))
-    return _result(P, "ridge", "lambda", lam, r, scores, rows, Y_test)
+    r, rows = _search(codes, lambda c: _targets(c, C), grid, val_fraction, seed, scorer, use_mse=True)
+    lam = r * _mean_diagonal(diag)
+    alpha, cg = solvers.ridge_cg(G, _targets(codes, C), [lam], **options)
+    info["final"] = cg.to_dict()
+    if not cg.converged[0]:
+        warnings.warn(f"kernel_ridge(solver='cg'): the refit at lambda {lam:.3g} stopped at relative residual "
+                      f"{cg.residuals[0]:.3g} > tol {cg.tol:g} after {cg.max_iter} iterations; raise max_iter or "
+                      f"landmarks", RuntimeWarning)
+    scores = Gt.matmul(alpha[0])
+    info["passes"] = G.passes + Gt.passes
+    return _cg_result(classes, test_codes, lam, r, scores, rows, info)
 
 
-def _result(P: _Problem, method: str, name: str, value: float, relative: float, scores: torch.Tensor,
-            rows: list, Y_test: torch.Tensor | None, variance: torch.Tensor | None = None) -> FitResult:
-    acc, mse = _metrics(scores, P.test_codes, Y_test)
+def _converged(scores: torch.Tensor, cg: solvers.CGInfo) -> list:
+    """The (n, C) scores of each ridge value from (n, L, C), None where its CG did not converge."""
+    return [s if ok else None for s, ok in zip(scores.unbind(1), cg.converged)]
+
+
+def _cg_result(classes, test_codes, lam: float, relative: float, scores: torch.Tensor, rows: list, info: dict):
+    Y_test = None if test_codes is None else _targets(test_codes, len(classes))
+    return _result(classes, test_codes, "ridge", "lambda", lam, relative, scores, rows, Y_test, solver=info)
+
+
+def _result(classes: np.ndarray, test_codes: torch.Tensor | None, method: str, name: str, value: float,
+            relative: float, scores: torch.Tensor, rows: list, Y_test: torch.Tensor | None,
+            variance: torch.Tensor | None = None, solver: dict | None = None) -> FitResult:
+    acc, mse = _metrics(scores, test_codes, Y_test)
     return FitResult(method=method, param_name=name, param=float(value), param_relative=float(relative),
-                     scores=scores.cpu().numpy(), predictions=P.classes[scores.argmax(1).cpu().numpy()],
-                     classes=P.classes, accuracy=acc, mse=mse, validation=rows,
-                     variance=None if variance is None else variance.cpu().numpy())
+                     scores=scores.cpu().numpy(), predictions=classes[scores.argmax(1).cpu().numpy()],
+                     classes=classes, accuracy=acc, mse=mse, validation=rows,
+                     variance=None if variance is None else variance.cpu().numpy(), solver=solver)
 
 
 # ------------------------------------------------------------------------------------------ SVM
@@ -268,17 +428,17 @@ def kernel_svm(K_train, y_train, K_test, y_test=None, Cs: Sequence[float] | None
     """scikit-learn's SVC(kernel="precomputed", break_ties=True): one-vs-one inside, one-vs-rest decision
     values, predicting their argmax. C is relative to N / tr(K) (default SVM_GRID), chosen on a validation
     split."""
-    P = _problem(K_train, y_train, K_test, y_test)
+    P = _problem(K_train, y_train, K_test, y_test, entry="kernel_svm")
     grid = _grid(Cs, SVM_GRID, "Cs")
 
     def scorer(fit, val, grid):
         Kf = P.K[fit][:, fit]
         return [_decision(_svc(Kf, P.codes[fit], c / _scale(Kf)), P.K[val][:, fit]) for c in grid]
 
-    c, rows = _search(P, grid, val_fraction, seed, scorer, use_mse=False)
+    c, rows = _search(P.codes, P.targets, grid, val_fraction, seed, scorer, use_mse=False)
     C = c / P.scale
     scores = _decision(_svc(P.K, P.codes, C), P.K_test)
-    return _result(P, "svm", "C", C, c, scores, rows, None)
+    return _result(P.classes, P.test_codes, "svm", "C", C, c, scores, rows, None)
 
 
 # ------------------------------------------------------------------------------------------ GP
@@ -296,11 +456,12 @@ def gp_posterior(K_train, y_train, K_test_train, k_test_diag, noise: float, y_te
     """
     y = y_train if isinstance(y_train, torch.Tensor) else torch.as_tensor(np.asarray(y_train))
     if not y.is_floating_point():
-        P = _problem(K_train, y_train, K_test_train, y_test, "K_test_train")
+        P = _problem(K_train, y_train, K_test_train, y_test, "K_test_train", entry="gp_posterior")
         mean, var = _gp(P.K, P.K_test, k_test_diag, P.targets(P.codes), noise)
         Y_test = None if P.test_codes is None else P.targets(P.test_codes.to(P.K.device))
-        return _result(P, "gp", "noise", noise, noise / P.scale, mean, [], Y_test, var)
-    K, Ks = _grams(K_train, K_test_train, "K_test_train")
+        return _result(P.classes, P.test_codes, "gp", "noise", noise, noise / P.scale, mean, [], Y_test, var)
+    _require_dense(K_train, K_test_train, "gp_posterior")
+    K, Ks = _grams(_loaded(K_train), _loaded(K_test_train), "K_test_train")
     y = y.to(device=K.device, dtype=torch.float64)
     finite_values("y_train", y)
     if len(y) != len(K) or y.dim() > 2:

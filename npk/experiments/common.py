@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import shutil
+import time
 from numbers import Integral
 from typing import Mapping, Sequence
 
@@ -16,9 +18,10 @@ from ..files import UnreadableFile, load_pt
 from ..fit import kernel_ridge
 from ..kernels import store
 from ..kernels.gram import preflight_grams
-from ..kernels.infinite import infinite_ntk
+from ..kernels.infinite import infinite_ntk_gram
 from ..kernels.npk import npk_gram
 from ..kernels.ntk import ntk_gram
+from ..memory import PeakMemory
 from ..plots import accuracy_bars, new_figure, save_figure
 from ..train import CHECKPOINT_FILE, TrainResult, train
 from .base import Run
@@ -89,7 +92,9 @@ def fit_network(run: Run, key: str, model: torch.nn.Module, data: datasets.Datas
     """Train `model` in place (checkpointed under cache/train-<key>, so a rerun resumes); return its accuracies."""
     result = train_net(run, f"train-{key}", model, data, cfg, cfg.get("seed", 0))
     return {"best_test_acc": result.best_test_acc, "final_test_acc": result.final_test_acc,
-            "best_epoch": result.best_epoch, "test_acc": result.test_acc, "train_acc": result.train_acc}
+            "best_epoch": result.best_epoch, "test_acc": result.test_acc, "train_acc": result.train_acc,
+            "selected_test_acc": result.selected_test_acc, "selected_epoch": result.selected_epoch,
+            "selected_on": result.selected_on, "epochs_run": result.epochs_run, "wall_time_s": result.wall_time}
 
 
 def grams(run: Run, key: str, gram_fn, data: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,31 +108,69 @@ def grams(run: Run, key: str, gram_fn, data: datasets.Dataset) -> tuple[torch.Te
     return run.cached(f"gram-{key}", compute)
 
 
-def npk_fn(model: models.GatedNet, progress: bool = False):
-    """The NPK of `model`'s current gates as a kernel function (X, Y=None) -> Gram."""
-    return on_model_device(npk_gram, model, progress=progress)
+def npk_fn(model: models.GatedNet, progress: bool = False, dtype: torch.dtype = torch.float64):
+    """The NPK of `model`'s current gates as a kernel function (X, Y=None, **gram_options) -> Gram."""
+    return on_model_device(npk_gram, model, dtype, progress=progress)
 
 
-def ntk_fn(model: models.GatedNet, progress: bool = False):
+def ntk_fn(model: models.GatedNet, progress: bool = False, dtype: torch.dtype = torch.float64):
     """The empirical NTK (all parameters) of `model`'s current weights as a kernel function."""
-    return on_model_device(ntk_gram, model, params="all", progress=progress)
+    return on_model_device(ntk_gram, model, dtype, params="all", progress=progress)
 
 
-def infinite_ntk_fn(depth: int):
-    """The infinite-width NTK of a fully connected ReLU net with `depth` hidden layers, on flattened inputs."""
-    return lambda X, Y=None: infinite_ntk(X.flatten(1), None if Y is None else Y.flatten(1), depth=depth)
+def infinite_ntk_fn(depth: int, progress: bool = False, exact_angles: bool = True):
+    """The infinite-width NTK of a fully connected ReLU net with `depth` hidden layers, on flattened inputs
+    (exact_angles=False: the first layer's angles from a GEMM, for float32 Grams; see `infinite_ntk`)."""
+    return lambda X, Y=None, **kw: infinite_ntk_gram(X.flatten(1), None if Y is None else Y.flatten(1), depth=depth,
+                                                     exact_angles=exact_angles, progress=progress, **kw)
 
 
-def on_model_device(kernel, model: torch.nn.Module, **options):
-    """kernel(frozen, X, Y, **options) on a float64 copy of `model` (later training must not change it),
-    computed on the model's device and returned on the CPU."""
-    frozen = copy.deepcopy(model).double().eval()
+def on_model_device(kernel, model: torch.nn.Module, dtype: torch.dtype = torch.float64, **options):
+    """kernel(frozen, X, Y, **options, **gram_options) on a copy of `model` in `dtype` (later training must not
+    change it), computed on the model's device and returned on the CPU (gram_options: e.g. out=, checkpoint_dir=)."""
+    frozen = copy.deepcopy(model).to(dtype).eval()
     device = next(frozen.parameters()).device
 
-    def gram(X, Y=None):
+    def gram(X, Y=None, **gram_options):
         Y = None if Y is None else Y.to(device)
-        return kernel(frozen, X.to(device), Y, **options).cpu()
+        return kernel(frozen, X.to(device), Y, **options, **gram_options).cpu()
     return gram
+
+
+def streamed_kernel_ridge(run: Run, key: str, gram_fn, data: datasets.Dataset, cfg: dict) -> dict:
+    """Kernel ridge on Grams written to disk, cached under krr-<key>.
+
+    K(train, train), K(val, train) when the data has a validation split (the ridge is then chosen on it, as
+    the network's epoch is, and not refit) and K(test, train) are written as cfg["gram_dtype"] .npy files
+    tile by tile into cache/grams-<key> (an interrupted Gram resumes), fitted by `kernel_ridge(solver="cg")`
+    (cfg: lambdas, cg_tol, cg_max_iter, landmarks), then deleted unless cfg["keep_grams"]. Returns the test
+    accuracy, the fit's record, the seconds of each step and the peak anonymous memory of the process."""
+    def compute():
+        folder = run.checkpoint_dir(f"grams-{key}")
+        dtype = getattr(torch, cfg["gram_dtype"])
+        X = data.X_train.to(dtype)
+        parts = {"train": None, "val": data.X_val, "test": data.X_test}
+        seconds = {}
+        with PeakMemory() as peak:
+            for part, rows in parts.items():
+                if part == "val" and rows is None:
+                    continue
+                start = time.perf_counter()
+                args = (X,) if rows is None else (rows.to(dtype), X)
+                gram_fn(*args, out=folder / f"{part}.npy", checkpoint_dir=folder / f"tiles-{part}")   # not kept
+                seconds[f"gram {part}"] = time.perf_counter() - start
+            start = time.perf_counter()
+            val = {} if data.X_val is None else {"K_val": folder / "val.npy", "y_val": data.y_val}
+            fit = kernel_ridge(folder / "train.npy", data.y_train, folder / "test.npy", data.y_test,
+                               lambdas=cfg["lambdas"], seed=cfg["seed"], solver="cg", tol=cfg["cg_tol"],
+                               max_iter=cfg["cg_max_iter"], landmarks=cfg["landmarks"], **val)
+            seconds["fit"] = time.perf_counter() - start
+        gram_bytes = (folder / "train.npy").stat().st_size
+        if not cfg["keep_grams"]:
+            shutil.rmtree(folder)
+        return {"accuracy": fit.accuracy, "fit": fit.to_dict(), "seconds": seconds, "peak_anon": peak.anon,
+                "gram_bytes": gram_bytes}
+    return run.cached(f"krr-{key}", compute)
 
 
 def kernel_accuracy(K_train: torch.Tensor, K_test: torch.Tensor, data: datasets.Dataset, seed: int = 0) -> float:

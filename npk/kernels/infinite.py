@@ -71,7 +71,7 @@ def arccos_kernels(k: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
 
 # ------------------------------------------------------------------------------ infinite width
 def infinite_ntk(X: torch.Tensor, Y: torch.Tensor | None = None, *, depth: int, W_std: float = 2**0.5,
-                 b_std: float = 0.0, kind: str = "ntk") -> torch.Tensor:
+                 b_std: float = 0.0, kind: str = "ntk", exact_angles: bool = True) -> torch.Tensor:
     """The infinite-width NTK (kind="ntk") or NNGP (kind="nngp") of a fully connected ReLU network with
     `depth` hidden layers (depth + 1 dense layers) in the NTK parameterisation, as neural-tangents'
     stax.serial(Dense(w, W_std, b_std), Relu(), ... Dense(1, W_std, b_std)). X (N, d), Y (M, d) ->
@@ -79,7 +79,10 @@ def infinite_ntk(X: torch.Tensor, Y: torch.Tensor | None = None, *, depth: int, 
 
     The angles are tracked through their versine 1 - cos t (first layer: Kahan's
     2 atan2(|u - v|, |u + v|) on unit vectors), so that nearly parallel pairs, a point with itself
-    included, keep full precision: arccos of a rounded cosine would err by ~1e-8 there.
+    included, keep full precision: arccos of a rounded cosine would err by ~1e-8 there. That costs two
+    elementwise distance passes over (N, M, d); exact_angles=False takes the angle from one GEMM (cos = <u, v>
+    of the unit vectors), many times faster for large d and exact to ~1e-8 absolute near t = 0: enough for
+    Grams stored in float32.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -95,7 +98,7 @@ def infinite_ntk(X: torch.Tensor, Y: torch.Tensor | None = None, *, depth: int, 
     ux, uy = _first_layer_features(X, W_std, b_std), _first_layer_features(Y, W_std, b_std)
     K = ux @ uy.T
     a, b = (ux * ux).sum(1, keepdim=True), (uy * uy).sum(1, keepdim=True).T
-    t = _angle(ux, uy)
+    t = _angle(ux, uy, exact_angles)
     theta = K
     for _ in range(depth):
         gate, relu = arccos_kernels(K, a, b, t)
@@ -106,18 +109,58 @@ def infinite_ntk(X: torch.Tensor, Y: torch.Tensor | None = None, *, depth: int, 
     return theta if kind == "ntk" else K
 
 
+def infinite_ntk_gram(X: torch.Tensor, Y: torch.Tensor | None = None, *, depth: int, kind: str = "ntk",
+                      W_std: float = 2**0.5, b_std: float = 0.0, exact_angles: bool = True, block: int = 2048,
+                      out=None, checkpoint_dir=None, progress: bool | None = None,
+                      max_memory: int | None = None) -> torch.Tensor:
+    """`infinite_ntk` filled in block x block tiles by `npk.kernels.gram.blocked_gram`: into `out` (a .npy
+    path or memmap, for a Gram larger than memory), resuming from `checkpoint_dir`, as `npk_gram` does.
+
+    Example:
+        >>> X = torch.randn(5, 3, dtype=torch.float64)
+        >>> torch.allclose(infinite_ntk_gram(X, depth=2, block=2), infinite_ntk(X, depth=2))
+        True
+    """
+    X = _as_matrix(X, "X")
+    tiles = InfiniteTiles(depth, kind, W_std, b_std, exact_angles, X.dtype)
+    return blocked_gram(tiles, X, None if Y is None else _as_matrix(Y, "Y"), block=block, out=out,
+                        checkpoint_dir=checkpoint_dir, progress=progress, max_memory=max_memory,
+                        entry="infinite_ntk_gram")
+
+
+class InfiniteTiles(TileKernel):
+    """`infinite_ntk` as a tile kernel (inputs: flat X slices)."""
+
+    name = "infinite-width NTK"
+
+    def __init__(self, depth: int, kind: str, W_std: float, b_std: float, exact_angles: bool, dtype: torch.dtype):
+        self.options = dict(depth=depth, kind=kind, W_std=W_std, b_std=b_std, exact_angles=exact_angles)
+        self.dtype = dtype
+        self.key = {"kernel": "infinite_ntk", **self.options, "dtype": str(dtype)}
+
+    def tile(self, fx, fy) -> torch.Tensor:
+        return infinite_ntk(fx, fy, **self.options)
+
+    def work_bytes(self, n: int, m: int) -> int:
+        return 8 * n * m * torch.empty((), dtype=self.dtype).element_size()   # the recursion's temporaries
+
+
 def _first_layer_features(X: torch.Tensor, W_std: float, b_std: float) -> torch.Tensor:
     """u = (W_std x / sqrt(d), b_std), so that the first layer's covariance is <u, u'>."""
     return torch.cat([W_std * X / math.sqrt(X.shape[1]), torch.full_like(X[:, :1], b_std)], dim=1)
 
 
-def _angle(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """Angles between the rows of U and V, 2 atan2(|u - v|, |u + v|) on unit vectors (pi/2 for a zero row)."""
+def _angle(U: torch.Tensor, V: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    """Angles between the rows of U and V, 2 atan2(|u - v|, |u + v|) on unit vectors (pi/2 for a zero row);
+    not exact: |u -+ v|^2 = 2 -+ 2 <u, v> from one GEMM."""
     def unit(A):
         n = A.norm(dim=1, keepdim=True)
         return A / torch.where(n > 0, n, torch.ones_like(n))
 
     u, v = unit(U), unit(V)
+    if not exact:
+        c = (u @ v.T).clamp(-1, 1)
+        return 2 * torch.atan2(torch.sqrt(2 - 2 * c), torch.sqrt(2 + 2 * c))
     mode = "donot_use_mm_for_euclid_dist"   # the matmul shortcut |u|^2 + |v|^2 - 2 u.v cancels near 0
     return 2 * torch.atan2(torch.cdist(u, v, compute_mode=mode), torch.cdist(u, -v, compute_mode=mode))
 
