@@ -10,8 +10,8 @@ For C4GAP-16 DNN / DGN / DLGN (biases, soft gates sigmoid(4q), value network rea
 and prints each ratio (> 1: the second setting is faster) and the peak resident memory. A training epoch of
 the evidence runs evaluates 11,111 images (validation + test) beside 10,001 training images, so the
 evaluation batch matters as much as the training step. npk took the evaluation batch (`train`'s
-eval_batch_size default is 64). It did not take channels_last: the trained weights would be left in that
-layout, and the fused conv kernel and other raw-pointer readers expect contiguous tensors.
+eval_batch_size default is 64). It did not take channels_last yet: it changes the layout of every weight
+that later code reads (checkpoints, gate copies, Grams), and its gain was measured only on a loaded machine.
 
 Run: python benchmarks/train_speed.py [--images 640] [--repeat 3]
 """
