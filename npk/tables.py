@@ -40,9 +40,8 @@ def load_seeds(folder: Path) -> list[dict]:
     return runs
 
 
-def hits_matrix(per_seed: Sequence[Mapping]) -> np.ndarray:
+def hits_matrix(per_seed: Sequence[Mapping], n_test: int) -> np.ndarray:
     """(seeds, test images) bool matrix of one network's per-image hits at each seed's selected epoch."""
-    n_test = per_seed[0]["n_test"]
     return np.stack([unpack_hits(run["test_hits"], n_test) for run in per_seed])
 
 
@@ -60,13 +59,8 @@ def bootstrap_ratio(hits_a: np.ndarray, hits_b: np.ndarray, n_boot: int = N_BOOT
 
 
 def network_runs(runs: Sequence[Mapping], family: str, net: str, key: str) -> list[dict]:
-    """Each seed's record of one network (dnn-dgn-dlgn: key "accuracy"; regimes: key "regimes"),
-    with n_test filled in from the run's config."""
-    out = []
-    for results in runs:
-        for record in results[key][family][net]["runs"]:
-            out.append({**record, "n_test": n_test_of(results)})
-    return out
+    """Each seed's record of one network (dnn-dgn-dlgn: key "accuracy"; regimes: key "regimes")."""
+    return [record for results in runs for record in results[key][family][net]["runs"]]
 
 
 def n_test_of(results: Mapping) -> int:
@@ -93,33 +87,26 @@ def comparison_table(runs: Sequence[Mapping], key: str, nets: Sequence[str], ref
     family = runs[0]["config"]["families"][0]
     max_epochs = runs[0]["config"]["epochs"]
     records = {net: network_runs(runs, family, net, key) for net in nets}
-    hits = {net: hits_matrix(records[net]) for net in nets}
-    numbers = {"seeds": [r["config"]["seed"] for r in runs], "max_epochs": max_epochs, "nets": {}}
+    hits = {net: hits_matrix(records[net], n_test_of(runs[0])) for net in nets}
+    ratios = {n: (hits[n].mean() / hits[reference].mean(), bootstrap_ratio(hits[n], hits[reference]))
+              for n in nets if n != reference}
     header = ["", *[label(n) for n in nets]]
     rows = [["test accuracy at the validation-selected epoch (%)",
              *[mean_pm([r["selected_test_acc"] for r in records[n]]) for n in nets]],
-            [f"ratio to {label(reference)} (95% interval)", *[
-                "1" if n == reference else ratio_cell(hits[n], hits[reference]) for n in nets]],
+            [f"ratio to {label(reference)} (95% interval)",
+             *["1" if n == reference else f"{ratios[n][0]:.3f} [{ratios[n][1][0]:.3f}, {ratios[n][1][1]:.3f}]"
+               for n in nets]],
             ["best test accuracy over epochs (%, test-selected: for reference only)",
              *[mean_pm([r["best_test_acc"] for r in records[n]]) for n in nets]],
             [f"selected epochs per seed (at most {max_epochs})", *[convergence(records[n], max_epochs) for n in nets]],
             ["training time per seed (s)", *["/".join(f"{r['wall_time_s']:.0f}" for r in records[n]) for n in nets]]]
+    numbers = {"seeds": [r["config"]["seed"] for r in runs], "max_epochs": max_epochs, "nets": {}}
     for n in nets:
-        accs = [r["selected_test_acc"] for r in records[n]]
-        numbers["nets"][n] = {"selected_test_acc": accs, "best_test_acc": [r["best_test_acc"] for r in records[n]],
-                              "selected_epoch": [r["selected_epoch"] for r in records[n]],
-                              "epochs_run": [r["epochs_run"] for r in records[n]],
-                              "wall_time_s": [r["wall_time_s"] for r in records[n]]}
+        numbers["nets"][n] = {field: [r[field] for r in records[n]] for field in
+                              ("selected_test_acc", "best_test_acc", "selected_epoch", "epochs_run", "wall_time_s")}
         if n != reference:
-            mean = float(np.mean(accs) / np.mean([r["selected_test_acc"] for r in records[reference]]))
-            numbers["nets"][n]["ratio"] = {"to": reference, "value": mean,
-                                           "interval_95": bootstrap_ratio(hits[n], hits[reference])}
+            numbers["nets"][n]["ratio"] = {"to": reference, "value": float(ratios[n][0]), "interval_95": ratios[n][1]}
     return markdown(header, rows), numbers
-
-
-def ratio_cell(hits_a: np.ndarray, hits_b: np.ndarray) -> str:
-    low, high = bootstrap_ratio(hits_a, hits_b)
-    return f"{hits_a.mean() / hits_b.mean():.3f} [{low:.3f}, {high:.3f}]"
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -131,8 +118,8 @@ def provenance(folder: Path, runs: Sequence[Mapping]) -> str:
     cfg = runs[0]["config"]
     n_train = cfg["n_train"]
     n_val = int(round(cfg["val_fraction"] * n_train))
-    return (f"Source: `{folder.as_posix()}/seed-*/results.json` ({len(runs)} seed{'s' * (len(runs) > 1)}: "
-            f"{', '.join(str(r['config']['seed']) for r in runs)}); {cfg['dataset']}, {n_train - n_val:,} training "
+    files = ", ".join(f"`{folder.as_posix()}/seed-{r['config']['seed']}/results.json`" for r in runs)
+    return (f"Source: {files} ({len(runs)} seed{'s' * (len(runs) > 1)}); {cfg['dataset']}, {n_train - n_val:,} training "
             f"and {n_val:,} validation images, {n_test_of(runs[0]):,} test images; Adam {cfg['lr']}, batch "
             f"{cfg['batch_size']}, bias {str(cfg['bias']).lower()}, patience {cfg['patience']}. Intervals: paired "
             f"bootstrap over seeds and test images ({N_BOOTSTRAP:,} replicates; `npk.tables`).")
@@ -162,8 +149,8 @@ def build(results_root: Path, name: str) -> tuple[list[str], dict]:
     folder = results_root / name
     runs = load_seeds(folder)
     if not runs:
-        return [f"No finished seed under `{(Path(results_root.name) / name).as_posix()}` yet: the runs are in progress "
-                f"(`analysis/cifar10_seeds.sh`); this table fills in as seeds finish."], {}
+        return [f"No seed of `{name}` has finished yet: the runs are in progress (`analysis/cifar10_seeds.sh`); "
+                f"this table fills in as seeds finish."], {}
     builder = BUILDERS.get(runs[0]["experiment"])
     if builder is None:
         raise ValueError(f"no README table for experiment {runs[0]['experiment']!r} ({folder}); "

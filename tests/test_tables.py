@@ -70,7 +70,7 @@ def test_a_table_without_finished_seeds_says_so(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- npk-table: cifar10/regimes -->\n<!-- /npk-table -->\n")
     assert cli.main(["tables", "--readme", str(readme), "--results", str(tmp_path)]) == 0
-    assert "No finished seed under" in readme.read_text()
+    assert "No seed of `cifar10/regimes` has finished yet" in readme.read_text()
 
 
 def test_the_readme_tables_match_the_committed_results():
