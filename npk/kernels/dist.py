@@ -22,6 +22,7 @@ from .tiles import TileKernel, take
 from .store import LOCK_FILE, record_writer
 
 CONNECT_TIMEOUT = 5.0   # seconds: an address that refuses or is not a Dask scheduler fails fast
+POLL = 1.0              # seconds: the longest wait for a tile before the futures' statuses are read again
 
 
 def client_of(scheduler, timeout: float = CONNECT_TIMEOUT):
@@ -46,8 +47,12 @@ def client_of(scheduler, timeout: float = CONNECT_TIMEOUT):
 
 
 def dask_tiles(scheduler, kernel: TileKernel, X, Y, todo, rows, cols, store):
-    """(i, j, tile) for the tiles in `todo`, computed on the cluster, in the order they finish."""
-    from distributed import as_completed
+    """(i, j, tile) for the tiles in `todo`, computed on the cluster, in the order they finish.
+
+    The loop waits at most POLL seconds at a time and then reads each future's status itself, so a future
+    that the cluster cancels or loses can never leave it waiting (distributed's `as_completed` can miss a
+    cancellation: dask/distributed#2571)."""
+    from distributed import wait
     client, opened = client_of(scheduler)
     try:
         workers_write = store is not None and store.holds_tiles and not store.read_only
@@ -55,34 +60,47 @@ def dask_tiles(scheduler, kernel: TileKernel, X, Y, todo, rows, cols, store):
             check_workers_see(client, store)
         remote = client.scatter(kernel, broadcast=True, hash=False)
         in_flight = 4 * max(1, sum(client.nthreads().values()))
-        queue = as_completed(with_results=True)   # results are fetched in the background as tasks finish
-        where = {}
+        pending = {}                                           # future -> (i, j), in submission order
 
         def submit(i, j):
             record = (str(store.path(i, j)), (i, j), store.id) if workers_write else None
-            future = client.submit(_tile_task, remote, take(X, rows[i]), take(Y, cols[j]), record, pure=False)
-            where[future.key] = (i, j)
-            queue.add(future)
+            pending[client.submit(_tile_task, remote, take(X, rows[i]), take(Y, cols[j]), record, pure=False)] = (i, j)
 
         tiles = iter(todo)
         for i, j in tiles:
             submit(i, j)
-            if queue.count() >= in_flight:
+            if len(pending) >= in_flight:
                 break
-        for future, tile in queue:
-            i, j = where.pop(future.key)
-            if future.status != "finished" or isinstance(tile, BaseException):
-                raise RuntimeError(f"the Dask cluster lost tile ({i}, {j}) ({future.status}: "
-                                   f"{type(tile).__name__} {str(tile)[:80]}); its workers died or the task was "
-                                   f"cancelled; rerun with the same checkpoint_dir to resume")
-            future.release()
-            nxt = next(tiles, None)
-            if nxt is not None:
-                submit(*nxt)
-            yield i, j, tile
+        while pending:
+            try:
+                wait(list(pending), timeout=POLL, return_when="FIRST_COMPLETED")
+            except Exception:   # noqa: BLE001  (timed out, or a cancelled future: the statuses below say which)
+                pass
+            for future in [f for f in pending if f.status != "pending"]:
+                i, j = pending.pop(future)
+                if future.status != "finished":
+                    raise RuntimeError(f"the Dask cluster lost tile ({i}, {j}) ({future.status}: "
+                                       f"{_failure(future)}); its workers died or the task was "
+                                       f"cancelled; rerun with the same checkpoint_dir to resume")
+                tile = future.result()
+                future.release()
+                nxt = next(tiles, None)
+                if nxt is not None:
+                    submit(*nxt)
+                yield i, j, tile
     finally:
         if opened:
             client.close()
+
+
+def _failure(future) -> str:
+    """The exception of a failed or cancelled future, named and cut to one short phrase."""
+    try:
+        future.result(timeout=POLL)
+        err = None
+    except BaseException as caught:   # noqa: BLE001  (the task's own exception, or the CancelledError)
+        err = caught
+    return f"{type(err).__name__} {str(err)[:80]}".strip()
 
 
 def check_workers_see(client, store) -> None:
