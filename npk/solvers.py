@@ -22,8 +22,8 @@ K_RR ~ U diag(d) U^T with d = max(sigma^2 - nu, 0). For ridge lam,
     P^{-1} = (d_m + lam) U diag(1 / (d + lam)) U^T + (I - U U^T),
 
 which maps the top m eigenvalues of K_RR + lam I to about d_m + lam, so the preconditioned condition
-number is about (d_m + lam) / lam instead of (d_1 + lam) / lam. Memory: about 3 N m float64 while the
-factor is built, N m afterwards, plus six (|R|, L C) float64 blocks and one row block of the Gram.
+number is about (d_m + lam) / lam instead of (d_1 + lam) / lam. Memory: one N m float64 buffer (built in
+place, `nystrom`), plus six (|R|, L C) float64 blocks and one row block of the Gram.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from .kernels.linalg import SYMMETRY_TOL
 
 BLOCK_BYTES = 16 * 2**20   # float64 bytes of one row block
 LANDMARKS = 1000           # Nyström landmarks m
+CHUNK_ROWS = 4096          # rows of the Nyström buffer transformed at a time
 TOL = 1e-6                 # relative residual ||r|| / ||y|| at which a column stops
 MAX_ITER = 500
 
@@ -93,10 +94,6 @@ class StreamedGram:
                              f"recompute the Gram")
         return out
 
-    def take(self, index: np.ndarray) -> np.ndarray:
-        """The rows K[index] (float64), read one by one."""
-        return np.concatenate([self.rows(i, i + 1) for i in index]) if len(index) else np.zeros((0, self.shape[1]))
-
     def diagonal(self) -> np.ndarray:
         """diag(K) of a square Gram, read entry by entry."""
         n = min(self.shape)
@@ -146,32 +143,46 @@ class CGInfo:
 
 
 def nystrom(G: StreamedGram, rows: np.ndarray, m: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U (|R|, m'), d (m',)) with K_RR ~ U diag(d) U^T from m landmark rows of R (module docstring)."""
+    """(U (|R|, m'), d (m',)) with K_RR ~ U diag(d) U^T from m landmark rows of R (module docstring).
+
+    One (|R|, m) float64 buffer holds Y = K[R, S] + nu E, then B = Y C^{-T}, then U, each computed in place
+    in row chunks: with B^T B = V diag(sigma^2) V^T (an m x m eigenproblem), U = B V diag(1 / sigma) are
+    the left singular vectors of B (those with sigma^2 > nu), the same U and d as the thin QR of B followed by the SVD of its factor.
+    """
     rng = np.random.default_rng(seed)
     local = np.sort(rng.choice(len(rows), size=min(m, len(rows)), replace=False))
-    Y = torch.from_numpy(G.take(rows[local])[:, rows].T.copy())       # K[R, S]
-    K_SS = Y[local]
+    n, m = len(rows), len(local)
+    buf = torch.empty(n, m, dtype=torch.float64)
+    for k, i in enumerate(rows[local]):                                   # Y = K[R, S], one Gram row at a time
+        buf[:, k] = torch.from_numpy(G.rows(int(i), int(i) + 1)[0, rows])
+    K_SS = buf[local].clone()
     asym = (K_SS - K_SS.T).abs().max().item()
     if asym > SYMMETRY_TOL * K_SS.abs().max().item():
         raise ValueError(f"{G.name} is not symmetric (max |K - K^T| = {asym:.3g} on its landmark rows); "
                          f"a kernel Gram K(X, X) is")
     nu = 1e-7 * max(torch.trace(K_SS).item(), 1e-300)
     for _ in range(6):
-        C, info = torch.linalg.cholesky_ex(K_SS + nu * torch.eye(len(local), dtype=torch.float64))
+        C, info = torch.linalg.cholesky_ex(K_SS + nu * torch.eye(m, dtype=torch.float64))
         if info.item() == 0:
             break
         nu *= 10
     else:
         raise ValueError(f"{G.name} is not positive semi-definite on its landmark rows (Cholesky of K[S, S] + "
                          f"{nu:.3g} I failed); a kernel Gram must be PSD")
-    Y[torch.as_tensor(local), torch.arange(len(local))] += nu
-    B = torch.linalg.solve_triangular(C, Y.T, upper=False).T            # Y C^{-T}
-    del Y
-    Q, T = torch.linalg.qr(B)
-    del B
-    W, sigma, _ = torch.linalg.svd(T)
-    keep = sigma ** 2 > nu
-    return Q @ W[:, keep], sigma[keep] ** 2 - nu
+    buf[torch.as_tensor(local), torch.arange(m)] += nu
+    chunks = [slice(a, min(n, a + CHUNK_ROWS)) for a in range(0, n, CHUNK_ROWS)]
+    gram = torch.zeros(m, m, dtype=torch.float64)
+    for c in chunks:                                                      # B = Y C^{-T};  B^T B
+        buf[c] = torch.linalg.solve_triangular(C, buf[c].T, upper=False).T
+        gram += buf[c].T @ buf[c]
+    sigma2, V = torch.linalg.eigh(gram)
+    sigma2, V = sigma2.flip(0), V.flip(1)                                 # largest first
+    keep = int((sigma2 > nu).sum())
+    W = torch.zeros(m, m, dtype=torch.float64)
+    W[:, :keep] = V[:, :keep] / sigma2[:keep].sqrt()
+    for c in chunks:                                                      # U = B V diag(1 / sigma), in place
+        buf[c] = buf[c] @ W
+    return buf[:, :keep], sigma2[:keep] - nu
 
 
 def _precondition(U: torch.Tensor, d: torch.Tensor, lams: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
@@ -203,7 +214,7 @@ def ridge_cg(G: StreamedGram, Y: torch.Tensor, lambdas, rows: np.ndarray | None 
     Y = torch.as_tensor(Y, dtype=torch.float64)
     n, C, L = len(rows), Y.shape[1], len(lams)
     m = min(landmarks, n)
-    preflight(f"ridge_cg on {G.name}", {"Nyström factor": 3 * n * m * 8, "CG vectors": 6 * n * L * C * 8,
+    preflight(f"ridge_cg on {G.name}", {"Nyström factor": n * m * 8 + 2 * m * m * 8, "CG vectors": 6 * n * L * C * 8,
                                         "one row block": 3 * G.block * G.shape[1] * 8}, max_memory)
     U, d = nystrom(G, rows, m, seed) if m else (torch.zeros(n, 0, dtype=torch.float64), torch.zeros(0))
     lam = lams.repeat_interleave(C)                                       # column j = (l, c) = (j // C, j % C)
