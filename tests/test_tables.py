@@ -26,8 +26,8 @@ def test_bootstrap_interval_matches_the_delta_method():
     assert (high - low) / 2 == pytest.approx(1.96 * se, rel=0.12)
 
 
-def fake_run(folder, seed, accs, n_test=400, finished=True):
-    """A results.json of a dnn-dgn-dlgn seed whose nets hit the first acc * n_test test images."""
+def fake_run(folder, seed, accs, n_test=400, finished=True, experiment="dnn-dgn-dlgn"):
+    """A results.json of a dnn-dgn-dlgn (or regimes) seed whose nets hit acc * n_test test images."""
     rng = np.random.default_rng(seed)
     record = {}
     for kind, acc in accs.items():
@@ -37,11 +37,12 @@ def fake_run(folder, seed, accs, n_test=400, finished=True):
                                   "selected_test_acc": hits.mean(), "best_test_acc": hits.mean() + 0.01,
                                   "test_hits": pack_hits(hits), "wall_time_s": 12.0}]}
     cfg = {"dataset": "cifar10", "n_train": 1000, "n_test": n_test, "val_fraction": 0.1, "families": ["conv"],
-           "kinds": list(accs), "epochs": 40, "lr": 3e-4, "batch_size": 32, "bias": True, "patience": 6, "seed": seed}
+           "epochs": 40, "lr": 3e-4, "batch_size": 32, "bias": True, "patience": 6, "seed": seed}
+    names, key = ("kinds", "accuracy") if experiment == "dnn-dgn-dlgn" else ("regimes", "regimes")
+    cfg[names] = list(accs)
     path = folder / f"seed-{seed}" / "results.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"experiment": "dnn-dgn-dlgn", "finished": finished, "config": cfg,
-                                "accuracy": {"conv": record}}))
+    path.write_text(json.dumps({"experiment": experiment, "finished": finished, "config": cfg, key: {"conv": record}}))
 
 
 def test_tables_come_from_the_results_and_check_catches_drift(tmp_path, capsys):
@@ -64,6 +65,18 @@ def test_tables_come_from_the_results_and_check_catches_drift(tmp_path, capsys):
     assert readme.read_text().startswith("intro\n<!-- npk-table: cifar10/dnn-dgn-dlgn -->\n|  | DNN | DGN | DLGN |")
     assert rebuild_readme(readme, results, check=True) == []
     assert cli.main(args + ["--check"]) == 0
+
+
+def test_the_regimes_table_has_the_papers_order_ratios_to_relu_and_the_2020_row(tmp_path):
+    accs = {"ReLU": 0.5, "FLNPF": 0.45, "DLNPF": 0.4, "FRNPF-DI": 0.35, "FRNPF-II": 0.3}   # run order: ReLU first
+    for seed in range(3):
+        fake_run(tmp_path / "cifar10" / "regimes", seed, accs, experiment="regimes")
+    lines, numbers = build(tmp_path, "cifar10/regimes")
+    assert lines[0] == "|  | FRNPF-II | FRNPF-DI | DLNPF | FLNPF | ReLU |"
+    assert numbers["nets"]["FLNPF"]["ratio"]["value"] == pytest.approx(0.9)
+    assert numbers["nets"]["FRNPF-II"]["ratio"]["value"] == pytest.approx(0.6)
+    assert "| ratio to ReLU (95% interval) | 0.600 [" in lines[3]
+    assert lines[7].endswith("| 0.835 | 0.835 | 0.960 | 0.992 | 1 |")            # 67.09 / 80.32, ..., 79.68 / 80.32
 
 
 def test_a_table_without_finished_seeds_says_so(tmp_path):
