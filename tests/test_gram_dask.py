@@ -9,6 +9,7 @@ import torch
 
 distributed = pytest.importorskip("distributed")
 
+from npk.kernels import conv_fast  # noqa: E402
 from npk.kernels.npk import NPKTiles, npk_gram  # noqa: E402
 from npk.kernels.ntk import ntk_gram  # noqa: E402
 from npk.models import ConvDGN  # noqa: E402
@@ -21,6 +22,13 @@ def cluster():
         yield cluster, client
 
 
+@pytest.fixture
+def p2_tiles(monkeypatch):
+    """These tests count tiles of 2 samples: keep the tiny conv net's P^2-sized tiles (its fused run to the
+    pool would otherwise make them time-sized, `npk.kernels.npk.block_size`)."""
+    monkeypatch.setattr(conv_fast, "takes_inputs_to_pool", lambda *args: False)
+
+
 def model_and_inputs(n=24):
     torch.manual_seed(0)
     model = ConvDGN(1, [4, 3], input_size=6, d_out=2).double()
@@ -29,6 +37,7 @@ def model_and_inputs(n=24):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("p2_tiles")
 def test_a_worker_killed_mid_run_changes_nothing_bit_for_bit(cluster, tmp_path, monkeypatch):
     _, client = cluster
     model, X = model_and_inputs()
@@ -54,6 +63,7 @@ def test_a_worker_killed_mid_run_changes_nothing_bit_for_bit(cluster, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("p2_tiles")
 def test_tiles_from_the_cluster_fill_an_out_file_and_its_store(cluster, tmp_path):
     _, client = cluster
     model, X = model_and_inputs(8)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import time
 from pathlib import Path
 
 from ..files import atomic_write
@@ -22,7 +23,7 @@ from .tiles import TileKernel, take
 from .store import LOCK_FILE, record_writer
 
 CONNECT_TIMEOUT = 5.0   # seconds: an address that refuses or is not a Dask scheduler fails fast
-POLL = 1.0              # seconds: the longest wait for a tile before the futures' statuses are read again
+POLL = 0.02             # seconds between looks at the futures when no tile has finished
 
 
 def client_of(scheduler, timeout: float = CONNECT_TIMEOUT):
@@ -49,10 +50,10 @@ def client_of(scheduler, timeout: float = CONNECT_TIMEOUT):
 def dask_tiles(scheduler, kernel: TileKernel, X, Y, todo, rows, cols, store):
     """(i, j, tile) for the tiles in `todo`, computed on the cluster, in the order they finish.
 
-    The loop waits at most POLL seconds at a time and then reads each future's status itself, so a future
-    that the cluster cancels or loses can never leave it waiting (distributed's `as_completed` can miss a
-    cancellation: dask/distributed#2571)."""
-    from distributed import wait
+    Results are fetched in the background as tasks finish (`as_completed(with_results=True)`), and the loop
+    polls it rather than blocking on it: when nothing has finished it looks for a cancelled future itself,
+    since `as_completed` can miss a cancellation and then waits forever (dask/distributed#2571)."""
+    from distributed import as_completed
     client, opened = client_of(scheduler)
     try:
         workers_write = store is not None and store.holds_tiles and not store.read_only
@@ -60,47 +61,45 @@ def dask_tiles(scheduler, kernel: TileKernel, X, Y, todo, rows, cols, store):
             check_workers_see(client, store)
         remote = client.scatter(kernel, broadcast=True, hash=False)
         in_flight = 4 * max(1, sum(client.nthreads().values()))
-        pending = {}                                           # future -> (i, j), in submission order
+        queue = as_completed(with_results=True)
+        where = {}                                             # future -> (i, j)
 
         def submit(i, j):
             record = (str(store.path(i, j)), (i, j), store.id) if workers_write else None
-            pending[client.submit(_tile_task, remote, take(X, rows[i]), take(Y, cols[j]), record, pure=False)] = (i, j)
+            future = client.submit(_tile_task, remote, take(X, rows[i]), take(Y, cols[j]), record, pure=False)
+            where[future] = (i, j)
+            queue.add(future)
 
         tiles = iter(todo)
         for i, j in tiles:
             submit(i, j)
-            if len(pending) >= in_flight:
+            if len(where) >= in_flight:
                 break
-        while pending:
-            try:
-                wait(list(pending), timeout=POLL, return_when="FIRST_COMPLETED")
-            except Exception:   # noqa: BLE001  (timed out, or a cancelled future: the statuses below say which)
-                pass
-            for future in [f for f in pending if f.status != "pending"]:
-                i, j = pending.pop(future)
-                if future.status != "finished":
-                    raise RuntimeError(f"the Dask cluster lost tile ({i}, {j}) ({future.status}: "
-                                       f"{_failure(future)}); its workers died or the task was "
-                                       f"cancelled; rerun with the same checkpoint_dir to resume")
-                tile = future.result()
+        while where:
+            done = queue.next_batch(block=False)
+            if not done:
+                cancelled = next((f for f in where if f.cancelled()), None)
+                if cancelled is not None:
+                    raise _lost(where[cancelled], cancelled, "FutureCancelledError")
+                time.sleep(POLL)
+                continue
+            for future, tile in done:
+                ij = where.pop(future)
+                if future.status != "finished" or isinstance(tile, BaseException):
+                    raise _lost(ij, future, f"{type(tile).__name__} {str(tile)[:80]}")
                 future.release()
                 nxt = next(tiles, None)
                 if nxt is not None:
                     submit(*nxt)
-                yield i, j, tile
+                yield (*ij, tile)
     finally:
         if opened:
             client.close()
 
 
-def _failure(future) -> str:
-    """The exception of a failed or cancelled future, named and cut to one short phrase."""
-    try:
-        future.result(timeout=POLL)
-        err = None
-    except BaseException as caught:   # noqa: BLE001  (the task's own exception, or the CancelledError)
-        err = caught
-    return f"{type(err).__name__} {str(err)[:80]}".strip()
+def _lost(ij: tuple, future, why: str) -> RuntimeError:
+    return RuntimeError(f"the Dask cluster lost tile {ij} ({future.status}: {why}); its workers died or the task "
+                        f"was cancelled; rerun with the same checkpoint_dir to resume")
 
 
 def check_workers_see(client, store) -> None:
