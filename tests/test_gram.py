@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from npk.kernels import compact, gram
+from npk.kernels import compact, conv_fast, cost, gram
 from npk.kernels.gram import TileKernel, blocked_gram, preflight
 from npk.kernels.infinite import expected_npk
-from npk.kernels.npk import NPKTiles, block_size, npk_gram
+from npk.kernels.npk import DEFAULT_MEMORY_BUDGET, TILE_SECONDS, NPKTiles, block_size, npk_gram
 from npk.kernels.ntk import ntk_gram
 from npk.kernels.reference import reference_npk
 from npk.files import atomic_write
 from npk.kernels.store import TileStore
-from npk.models import C4GAP, DGN, ConvDGN
+from npk.models import C4GAP, DGN, ConvDGN, ConvDNN
 
 from helpers import lock_holder
 
@@ -42,6 +42,13 @@ def conv_model(gate="hard", seed=0):
 
 def images(n, seed=0):
     return torch.randn(n, 1, 5, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.fixture
+def p2_tiles(monkeypatch):
+    """Tests that count or damage tiles of a few samples keep the tiny conv net's P^2-sized tiles: its fused
+    run from the inputs to the pool would otherwise put all samples in one tile (`block_size`)."""
+    monkeypatch.setattr(conv_fast, "takes_inputs_to_pool", lambda *args: False)
 
 
 # ------------------------------------------------------------------------------------- tiles
@@ -80,12 +87,14 @@ def test_compact_gates_are_exact_and_per_tile_gates_give_the_same_gram(gate):
     if gate == "hard":
         assert isinstance(stored, compact.PackedGates) and stored.nbytes == 9 * (25 + 25)    # one byte per position for 3 and 2 channels
     H = npk_gram(model, X, memory_budget=100_000)            # gates of all inputs, compact
-    per_tile = NPKTiles(model, gate, X.dtype, 100_000)
+    whole_run = conv_fast.takes_inputs_to_pool(model, gate, X.dtype, X.device)   # npk_gram's tile size
+    per_tile = NPKTiles(model, gate, X.dtype, 100_000, whole_run)
     per_tile.precomputed = False                            # gates recomputed for every tile's inputs
-    assert torch.equal(blocked_gram(per_tile, X, block=block_size(model, 8, 100_000)), H)
+    assert torch.equal(blocked_gram(per_tile, X, block=block_size(model, 8, 100_000, whole_run, len(X))), H)
     assert (H - reference_npk(model, X)).abs().max() < 1e-10 * H.abs().max()
 
 
+@pytest.mark.usefixtures("p2_tiles")
 def test_gates_that_do_not_fit_beside_the_gram_are_computed_per_tile(monkeypatch):
     model, X = conv_model(), images(9)
     H = npk_gram(model, X, memory_budget=100_000)
@@ -94,6 +103,25 @@ def test_gates_that_do_not_fit_beside_the_gram_are_computed_per_tile(monkeypatch
     just_short = 9 * 9 * 8 + kernel.work_bytes(block, block) + kernel.gate_bytes(9)   # room for half the gates
     monkeypatch.setattr(NPKTiles, "all_gates", lambda *a: pytest.fail("gates of all inputs were computed"))
     assert torch.equal(npk_gram(model, X, memory_budget=100_000, max_memory=just_short), H)
+
+
+def test_a_conv_net_fused_from_its_inputs_to_the_pool_gets_tiles_sized_by_time_not_by_p2():
+    """C4GAP-16 on 32x32 images: its P^2 pair kernels (16 MiB a pair) would make every tile one pair, and
+    with a store one record file per pair; the fused run keeps 63 diagonal sums a pair, so a tile holds about
+    TILE_SECONDS of estimated single-thread work, and at most 1/8 of the samples (diagonal tiles are whole)."""
+    model = ConvDNN(3, [16] * 4, d_out=10, input_size=32)
+    cpu = torch.device("cpu")
+    assert conv_fast.takes_inputs_to_pool(model, "hard", torch.float32, cpu)
+    assert not conv_fast.takes_inputs_to_pool(model, "soft", torch.float32, cpu)         # float gates: no fused run
+    assert not conv_fast.takes_inputs_to_pool(ConvDNN(3, [16] * 4, d_out=10, input_size=32, pool_every=[1]),
+                                              "hard", torch.float32, cpu)               # a max pool ends the run
+    with conv_fast.backend("torch"):
+        assert not conv_fast.takes_inputs_to_pool(model, "hard", torch.float32, cpu)
+    assert block_size(model, 4, DEFAULT_MEMORY_BUDGET) == 1
+    block = block_size(model, 4, DEFAULT_MEMORY_BUDGET, whole_run=True, samples=10_000)
+    ms = cost.estimate(model, 4).ms_per_pair
+    assert block >= 20 and block ** 2 * ms <= TILE_SECONDS * 1e3 < (block + 1) ** 2 * ms
+    assert block_size(model, 4, DEFAULT_MEMORY_BUDGET, whole_run=True, samples=100) == 13   # 1/8 of the samples
 
 
 def test_packing_refuses_soft_gates():
@@ -159,6 +187,7 @@ def test_the_full_ntk_is_mirrored_with_its_output_axes_swapped(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- store
+@pytest.mark.usefixtures("p2_tiles")
 def test_a_rerun_loads_every_tile_from_the_store(tmp_path, monkeypatch):
     model, X = conv_model(), images(7)
     H = npk_gram(model, X, memory_budget=100_000, checkpoint_dir=tmp_path)
@@ -167,6 +196,7 @@ def test_a_rerun_loads_every_tile_from_the_store(tmp_path, monkeypatch):
     assert torch.equal(npk_gram(model, X, memory_budget=100_000, checkpoint_dir=tmp_path), H)
 
 
+@pytest.mark.usefixtures("p2_tiles")
 def test_an_out_file_resumes_and_recomputes_only_missing_tiles(tmp_path, monkeypatch):
     model, X = conv_model(), images(7)
     path, store = tmp_path / "H.npy", tmp_path / "store"
@@ -180,6 +210,7 @@ def test_an_out_file_resumes_and_recomputes_only_missing_tiles(tmp_path, monkeyp
     assert len(calls) == 1
 
 
+@pytest.mark.usefixtures("p2_tiles")
 @pytest.mark.parametrize("change,part", [("weights", "model"), ("inputs", "inputs"), ("gates", "kernel"),
                                          ("budget", "tiling")])
 def test_a_store_of_another_gram_is_refused_naming_what_differs(tmp_path, change, part):
@@ -198,6 +229,7 @@ def test_a_store_of_another_gram_is_refused_naming_what_differs(tmp_path, change
         npk_gram(model, X, **kwargs)
 
 
+@pytest.mark.usefixtures("p2_tiles")
 @pytest.mark.parametrize("damage", ["truncate", "random bytes", "other tile"])
 def test_a_corrupt_tile_is_recomputed_with_a_warning_naming_its_file(tmp_path, damage):
     model, X = conv_model(), images(7)

@@ -128,6 +128,19 @@ def starts_run(ops: Sequence[graph.Op], start: int, ctx) -> bool:
     return _state["backend"] != "off" and bool(conv_run(ops, start, ctx.keep))
 
 
+def takes_inputs_to_pool(model, kind: str, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `input_run` will take the model's ops from the inputs through a GlobalAvgPool in the
+    extension (hard gates, CPU, float32/64, a run of every conv up to the pool, as in C4GAP): a pair then
+    keeps no P^2 kernel, only its float64 diagonal sums (`_run_extension`)."""
+    if (_state["backend"] not in ("auto", "extension") or kind != "hard" or torch.device(device).type != "cpu"
+            or dtype not in (torch.float32, torch.float64) or extension() is None):
+        return False
+    keep = graph.kept_gates(model.ops)
+    convs = conv_run(model.ops, 0, keep)
+    end = 2 * len(convs) - (gated(model.ops, 0, convs, keep) < len(convs)) if convs else 0
+    return bool(convs) and end < len(model.ops) and isinstance(model.ops[end], graph.GlobalAvgPool)
+
+
 def _handled(op) -> bool:
     if not (isinstance(op, graph.Linear) and op.is_conv):
         return False

@@ -31,6 +31,8 @@ from ..validate import byte_count, check_gram_request
 # bytes for the pair kernels of one block: on a CPU, blocks whose tensors stay under glibc's mmap threshold
 # are several times faster than large ones (a large tensor is freshly mapped and page-faulted at every op)
 DEFAULT_MEMORY_BUDGET = 32 * 2**20
+TILE_SECONDS = 30          # estimated single-thread work of one tile (`block_size`)
+DIAGONAL_SHARE = 8         # a fused-to-the-pool tile side is at most this share of the samples (`block_size`)
 
 
 def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, gates: str | None = None,
@@ -85,8 +87,10 @@ def npk_gram(model: GatedNet, X: torch.Tensor, Y: torch.Tensor | None = None, ga
     check_gram_request(X, Y, memory_budget)
     if Y.dtype != X.dtype or Y.device != X.device:
         raise ValueError(f"X and Y must share dtype and device, got {X.dtype}/{X.device} and {Y.dtype}/{Y.device}")
-    kernel = NPKTiles(model, gates or model.gate_kind, X.dtype, memory_budget)
-    block = block_size(model, X.element_size(), memory_budget)
+    kind = gates or model.gate_kind
+    whole_run = conv_fast.takes_inputs_to_pool(model, kind, X.dtype, X.device)
+    kernel = NPKTiles(model, kind, X.dtype, memory_budget, whole_run)
+    block = block_size(model, X.element_size(), memory_budget, whole_run, max(len(X), len(Y)))
     pairs = len(X) * (len(X) + 1) // 2 if symmetric else len(X) * len(Y)
     warn_if_slow(kernel.estimate, pairs)
     n_gated = len(X) + (0 if symmetric else len(Y))
@@ -135,12 +139,12 @@ class NPKTiles(TileKernel):
 
     name = "NPK"
 
-    def __init__(self, model: GatedNet, kind: str, dtype: torch.dtype, memory_budget: int):
+    def __init__(self, model: GatedNet, kind: str, dtype: torch.dtype, memory_budget: int, whole_run: bool = False):
         self.model, self.kind, self.dtype = model, check_kind(kind), dtype
         self.key = {"kernel": "npk", "gates": self.kind, "dtype": str(dtype)}
         self.shapes, self.budget, self.precomputed = gate_shapes(model), memory_budget, True
         self.model_itemsize = next(model.parameters()).element_size()
-        self.pair_bytes = pair_bytes(model, dtype_size(dtype))
+        self.pair_bytes = pair_bytes(model, dtype_size(dtype), whole_run)
         self.estimate = cost.estimate(model, dtype_size(dtype))
         self.note = f"est. {self.estimate.ms_per_pair:.3g} ms/pair"
 
@@ -279,16 +283,28 @@ def _add(a: Pair, b: Pair) -> Pair:
 
 
 # ---------------------------------------------------------------------------------- blocking
-def block_size(model: GatedNet, itemsize: int, memory_budget: int) -> int:
-    """Samples per block side so that a tile's pair kernels fit in `memory_budget` bytes (`pair_bytes`)."""
-    return max(1, int(math.sqrt(memory_budget / pair_bytes(model, itemsize))))
+def block_size(model: GatedNet, itemsize: int, memory_budget: int, whole_run: bool = False,
+               samples: int | None = None) -> int:
+    """Samples per block side: a tile's pair kernels fit in `memory_budget` bytes (`pair_bytes`) and its
+    estimated work (`cost.estimate`, one thread) in about TILE_SECONDS, so that a stopped Gram loses
+    little and the progress bar moves. With `whole_run` (pairs that keep no P^2 kernel, so memory would
+    allow huge tiles) also at most 1/DIAGONAL_SHARE of the `samples`: a symmetric Gram computes its
+    diagonal tiles whole, and they then stay a small part of it."""
+    by_memory = math.sqrt(memory_budget / pair_bytes(model, itemsize, whole_run))
+    by_time = math.sqrt(TILE_SECONDS * 1e3 / max(cost.estimate(model, itemsize).ms_per_pair, 1e-12))
+    by_share = -(-samples // DIAGONAL_SHARE) if whole_run and samples else math.inf
+    return max(1, int(min(by_memory, by_time, by_share)))
 
 
-def pair_bytes(model: GatedNet, itemsize: int) -> int:
+def pair_bytes(model: GatedNet, itemsize: int, whole_run: bool = False) -> int:
     """Peak bytes of one pair's kernels: about 4 tensors of the largest shared pair kernel (P^2 entries),
     or 2 of the largest per-channel stretch (C P^2: a gate read by a max pool that does not collapse its
     channels, `collapsed_gates`), whichever is larger. Identity shortcuts keep a few shared kernels
-    (`Pair`'s "terms"), counted as shared."""
+    (`Pair`'s "terms"), counted as shared. With `whole_run` (`conv_fast.takes_inputs_to_pool`) the convs
+    keep no P^2 kernel: a pair holds its float64 diagonal sums (at most 2 H of them) and the few entries
+    of the layers after the pool."""
+    if whole_run:
+        return 8 * 2 * max(model.input_shape[1:]) + 4 * itemsize
     shared, per_channel = 1, 0
     for c, s in _stream_spatial_shapes(model):
         shared, per_channel = (max(shared, math.prod(s) ** 2), per_channel) if c == 1 else \
