@@ -161,27 +161,33 @@ def nystrom(G: StreamedGram, rows: np.ndarray, m: int, seed: int) -> tuple[torch
         raise ValueError(f"{G.name} is not symmetric (max |K - K^T| = {asym:.3g} on its landmark rows); "
                          f"a kernel Gram K(X, X) is")
     nu = 1e-7 * max(torch.trace(K_SS).item(), 1e-300)
+    shift = 0.0
     for _ in range(6):
-        C, info = torch.linalg.cholesky_ex(K_SS + nu * torch.eye(m, dtype=torch.float64))
+        K_SS.diagonal().add_(nu - shift)                                  # K[S, S] + nu I, in place
+        shift = nu
+        C, info = torch.linalg.cholesky_ex(K_SS)
         if info.item() == 0:
             break
         nu *= 10
     else:
         raise ValueError(f"{G.name} is not positive semi-definite on its landmark rows (Cholesky of K[S, S] + "
                          f"{nu:.3g} I failed); a kernel Gram must be PSD")
+    del K_SS
     buf[torch.as_tensor(local), torch.arange(m)] += nu
     chunks = [slice(a, min(n, a + CHUNK_ROWS)) for a in range(0, n, CHUNK_ROWS)]
     gram = torch.zeros(m, m, dtype=torch.float64)
     for c in chunks:                                                      # B = Y C^{-T};  B^T B
         buf[c] = torch.linalg.solve_triangular(C, buf[c].T, upper=False).T
         gram += buf[c].T @ buf[c]
+    del C
     sigma2, V = torch.linalg.eigh(gram)
+    del gram
     sigma2, V = sigma2.flip(0), V.flip(1)                                 # largest first
     keep = int((sigma2 > nu).sum())
-    W = torch.zeros(m, m, dtype=torch.float64)
-    W[:, :keep] = V[:, :keep] / sigma2[:keep].sqrt()
+    V[:, :keep] /= sigma2[:keep].sqrt()                                   # V diag(1 / sigma) on the kept columns
+    V[:, keep:] = 0
     for c in chunks:                                                      # U = B V diag(1 / sigma), in place
-        buf[c] = buf[c] @ W
+        buf[c] = buf[c] @ V
     return buf[:, :keep], sigma2[:keep] - nu
 
 
@@ -214,7 +220,7 @@ def ridge_cg(G: StreamedGram, Y: torch.Tensor, lambdas, rows: np.ndarray | None 
     Y = torch.as_tensor(Y, dtype=torch.float64)
     n, C, L = len(rows), Y.shape[1], len(lams)
     m = min(landmarks, n)
-    preflight(f"ridge_cg on {G.name}", {"Nyström factor": n * m * 8 + 2 * m * m * 8, "CG vectors": 6 * n * L * C * 8,
+    preflight(f"ridge_cg on {G.name}", {"Nyström factor": n * m * 8 + 3 * m * m * 8, "CG vectors": 6 * n * L * C * 8,
                                         "one row block": 3 * G.block * G.shape[1] * 8}, max_memory)
     U, d = nystrom(G, rows, m, seed) if m else (torch.zeros(n, 0, dtype=torch.float64), torch.zeros(0))
     lam = lams.repeat_interleave(C)                                       # column j = (l, c) = (j // C, j % C)
