@@ -23,7 +23,8 @@ K_RR ~ U diag(d) U^T with d = max(sigma^2 - nu, 0). For ridge lam,
 
 which maps the top m eigenvalues of K_RR + lam I to about d_m + lam, so the preconditioned condition
 number is about (d_m + lam) / lam instead of (d_1 + lam) / lam. Memory: one N m float64 buffer (built in
-place, `nystrom`), plus six (|R|, L C) float64 blocks and one row block of the Gram.
+place, `nystrom`, with up to three m x m matrices), plus six (|R|, L C) float64 blocks and one row block of
+the Gram.
 """
 from __future__ import annotations
 
@@ -147,7 +148,8 @@ def nystrom(G: StreamedGram, rows: np.ndarray, m: int, seed: int) -> tuple[torch
 
     One (|R|, m) float64 buffer holds Y = K[R, S] + nu E, then B = Y C^{-T}, then U, each computed in place
     in row chunks: with B^T B = V diag(sigma^2) V^T (an m x m eigenproblem), U = B V diag(1 / sigma) are
-    the left singular vectors of B (those with sigma^2 > nu), the same U and d as the thin QR of B followed by the SVD of its factor.
+    the left singular vectors of B (those with sigma^2 > nu), the same U and d as the thin QR of B followed
+    by the SVD of its factor. Besides the buffer, at most three m x m float64 matrices at a time.
     """
     rng = np.random.default_rng(seed)
     local = np.sort(rng.choice(len(rows), size=min(m, len(rows)), replace=False))

@@ -1,4 +1,4 @@
-"""Shared test settings: one torch thread, and the `extension` marker.
+"""Shared test settings: one torch thread, the `extension` marker, and the `p2_tiles` fixture.
 
 A test marked `extension` needs the native conv NPK kernel: it is skipped where the kernel is not built,
 and fails instead where $NPK_REQUIRE_EXT=1 (CI), so a broken build cannot leave the suite green.
@@ -17,6 +17,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def p2_tiles(monkeypatch):
+    """For tests that count or damage the tiles of a tiny conv net: keep its P^2-sized tiles of a few
+    samples (its fused run from the inputs to the pool would otherwise get time-sized tiles, `block_size`)."""
+    monkeypatch.setattr(conv_fast, "takes_inputs_to_pool", lambda *args: False)
 
 
 def pytest_runtest_setup(item):

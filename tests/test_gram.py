@@ -44,13 +44,6 @@ def images(n, seed=0):
     return torch.randn(n, 1, 5, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-@pytest.fixture
-def p2_tiles(monkeypatch):
-    """Tests that count or damage tiles of a few samples keep the tiny conv net's P^2-sized tiles: its fused
-    run from the inputs to the pool would otherwise put all samples in one tile (`block_size`)."""
-    monkeypatch.setattr(conv_fast, "takes_inputs_to_pool", lambda *args: False)
-
-
 # ------------------------------------------------------------------------------------- tiles
 def test_symmetric_grams_compute_only_the_upper_tiles_and_mirror_them():
     X, Y = data(10), data(7, seed=1)

@@ -9,7 +9,6 @@ import torch
 
 distributed = pytest.importorskip("distributed")
 
-from npk.kernels import conv_fast  # noqa: E402
 from npk.kernels.npk import NPKTiles, npk_gram  # noqa: E402
 from npk.kernels.ntk import ntk_gram  # noqa: E402
 from npk.models import ConvDGN  # noqa: E402
@@ -20,13 +19,6 @@ def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   worker_class=distributed.Nanny) as cluster, distributed.Client(cluster) as client:
         yield cluster, client
-
-
-@pytest.fixture
-def p2_tiles(monkeypatch):
-    """These tests count tiles of 2 samples: keep the tiny conv net's P^2-sized tiles (its fused run to the
-    pool would otherwise make them time-sized, `npk.kernels.npk.block_size`)."""
-    monkeypatch.setattr(conv_fast, "takes_inputs_to_pool", lambda *args: False)
 
 
 def model_and_inputs(n=24):

@@ -132,13 +132,21 @@ def takes_inputs_to_pool(model, kind: str, dtype: torch.dtype, device: torch.dev
     """Whether `input_run` will take the model's ops from the inputs through a GlobalAvgPool in the
     extension (hard gates, CPU, float32/64, a run of every conv up to the pool, as in C4GAP): a pair then
     keeps no P^2 kernel, only its float64 diagonal sums (`_run_extension`)."""
-    if (_state["backend"] not in ("auto", "extension") or kind != "hard" or torch.device(device).type != "cpu"
-            or dtype not in (torch.float32, torch.float64) or extension() is None):
+    if _state["backend"] not in ("auto", "extension") or kind != "hard" or not _extension_runs_on(device, dtype):
         return False
     keep = graph.kept_gates(model.ops)
     convs = conv_run(model.ops, 0, keep)
-    end = 2 * len(convs) - (gated(model.ops, 0, convs, keep) < len(convs)) if convs else 0
-    return bool(convs) and end < len(model.ops) and isinstance(model.ops[end], graph.GlobalAvgPool)
+    return bool(convs) and _pool_after(model.ops, _run_end(0, convs, gated(model.ops, 0, convs, keep)))
+
+
+def _run_end(start: int, convs: Sequence[graph.Linear], n_gated: int) -> int:
+    """Index of the op after a run of `convs` at ops[start:] whose first `n_gated` convs take their gate."""
+    return start + 2 * len(convs) - (n_gated < len(convs))
+
+
+def _pool_after(ops: Sequence[graph.Op], end: int) -> bool:
+    """Whether a GlobalAvgPool follows a run that ends at ops[end] (the extension then sums it in)."""
+    return end < len(ops) and isinstance(ops[end], graph.GlobalAvgPool)
 
 
 def _handled(op) -> bool:
@@ -176,7 +184,7 @@ def fused_run(ops: Sequence[graph.Op], start: int, M: torch.Tensor, ctx) -> tupl
     convs, layers, spatial, use_ext = run
     if use_ext:
         return _run_extension(ops, start, convs, layers, spatial, ctx, M=M)
-    return _run_torch(convs, layers, M, ctx), start + 2 * len(convs) - (len(layers) < len(convs)), _channels(convs, layers)
+    return _run_torch(convs, layers, M, ctx), _run_end(start, convs, len(layers)), _channels(convs, layers)
 
 
 def _channels(convs, layers) -> int:
@@ -229,8 +237,12 @@ def _plan(ops, start: int, like: torch.Tensor, ctx) -> tuple[list, list[int], tu
 
 
 def _extension_applies(like: torch.Tensor, ctx, layers: list[int]) -> bool:
-    return (like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64) and extension() is not None
-            and hard_gates(ctx, layers))
+    return _extension_runs_on(like.device, like.dtype) and hard_gates(ctx, layers)
+
+
+def _extension_runs_on(device, dtype: torch.dtype) -> bool:
+    """Whether the built extension takes tensors of this device and dtype (CPU, float32 / float64)."""
+    return torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64) and extension() is not None
 
 
 def hard_gates(ctx, layers: list[int]) -> bool:
@@ -256,8 +268,8 @@ def _run_extension(ops, start: int, convs, layers, spatial, ctx, M: torch.Tensor
     ref = M if M is not None else x
     H, W = (1, spatial[0]) if len(spatial) == 1 else spatial
     n, m = (M.shape[0], M.shape[1]) if M is not None else (len(x), len(y))
-    end = start + 2 * len(convs) - (len(layers) < len(convs))
-    reduce = end < len(ops) and isinstance(ops[end], graph.GlobalAvgPool)
+    end = _run_end(start, convs, len(layers))
+    reduce = _pool_after(ops, end)
     diagonals = H if convs[0].circular else 2 * H - 1
     if M is not None:
         M = M.contiguous()
