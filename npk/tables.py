@@ -12,6 +12,10 @@ ratio of two networks' accuracies with a 95% interval from a paired bootstrap ov
 and the interval is the 2.5 and 97.5 percentiles of ratio_b (B = 4,000 replicates, seeded). It covers test
 sampling and seed-to-seed variation; with three seeds the seed part is coarse, which the table states.
 
+A table of kernels-vs-network (one run, results/<name>/results.json) has one row per network and per kernel
+machine: test accuracy with its binomial standard error from test sampling, sqrt(p (1 - p) / n_test), what
+validation chose, and the stage's wall time.
+
 Markers in the README:  <!-- npk-table: cifar10/dnn-dgn-dlgn -->  ...  <!-- /npk-table -->
 """
 from __future__ import annotations
@@ -31,9 +35,11 @@ PAPER_2020_GCONV = {"FRNPF-II": 67.09, "FRNPF-DI": 67.08, "DLNPF": 77.12, "FLNPF
 
 
 def load_seeds(folder: Path) -> list[dict]:
-    """The results.json of every finished seed-K run under `folder`, in seed order."""
+    """The results.json of every finished seed-K run under `folder`, in seed order (or of the one run
+    whose results.json is in `folder` itself)."""
     runs = []
-    for path in sorted(folder.glob("seed-*/results.json"), key=lambda p: int(p.parent.name.split("-")[1])):
+    paths = sorted(folder.glob("seed-*/results.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    for path in paths or [folder / "results.json"] * (folder / "results.json").exists():
         results = json.loads(path.read_text())
         if results.get("finished"):
             runs.append(results)
@@ -63,10 +69,20 @@ def network_runs(runs: Sequence[Mapping], family: str, net: str, key: str) -> li
     return [record for results in runs for record in results[key][family][net]["runs"]]
 
 
+FULL_SIZES = {"cifar10": (50_000, 10_000), "fashion-mnist": (60_000, 10_000), "mnist": (60_000, 10_000)}
+
+
 def n_test_of(results: Mapping) -> int:
     """The test-set size of a run: the data set's full test set when n_test is null."""
     n = results["config"].get("n_test")
-    return n if n is not None else {"cifar10": 10_000, "fashion-mnist": 10_000, "mnist": 10_000}[results["config"]["dataset"]]
+    return n if n is not None else FULL_SIZES[results["config"]["dataset"]][1]
+
+
+def train_val_sizes(cfg: Mapping) -> tuple[int, int]:
+    """(training, validation) images of a run: n_train (or the full training set) split as Dataset.hold_out."""
+    n = cfg["n_train"] if cfg["n_train"] is not None else FULL_SIZES[cfg["dataset"]][0]
+    n_val = int(round(cfg["val_fraction"] * n))
+    return n - n_val, n_val
 
 
 def mean_pm(values: Sequence[float]) -> str:
@@ -116,10 +132,9 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def provenance(folder: Path, runs: Sequence[Mapping]) -> str:
     cfg = runs[0]["config"]
-    n_train = cfg["n_train"]
-    n_val = int(round(cfg["val_fraction"] * n_train))
+    n_train, n_val = train_val_sizes(cfg)
     files = ", ".join(f"`{folder.as_posix()}/seed-{r['config']['seed']}/results.json`" for r in runs)
-    return (f"Source: {files} ({len(runs)} seed{'s' * (len(runs) > 1)}); {cfg['dataset']}, {n_train - n_val:,} training "
+    return (f"Source: {files} ({len(runs)} seed{'s' * (len(runs) > 1)}); {cfg['dataset']}, {n_train:,} training "
             f"and {n_val:,} validation images, {n_test_of(runs[0]):,} test images; Adam {cfg['lr']}, batch "
             f"{cfg['batch_size']}, bias {str(cfg['bias']).lower()}, patience {cfg['patience']}. Intervals: paired "
             f"bootstrap over seeds and test images ({N_BOOTSTRAP:,} replicates; `npk.tables`).")
@@ -140,7 +155,43 @@ def regimes_table(folder: Path, runs: Sequence[Mapping]) -> tuple[list[str], dic
     return lines + ["", provenance(folder, runs)], numbers
 
 
-BUILDERS = {"dnn-dgn-dlgn": dnn_dgn_dlgn_table, "regimes": regimes_table}
+KERNEL_LABELS = {"npk-init": "NPK at initialisation", "npk-learnt": "NPK of the learnt gates",
+                 "ntk-init": "empirical NTK at initialisation", "ntk-end": "empirical NTK of the trained net",
+                 "ntk-inf": "infinite-width NTK of the same depth"}
+
+
+def percent_se(accuracy: float, n_test: int) -> str:
+    """'84.00 ± 0.37': accuracy and its binomial standard error over n_test images, in percent."""
+    return f"{100 * accuracy:.2f} ± {100 * (accuracy * (1 - accuracy) / n_test) ** 0.5:.2f}"
+
+
+def kernels_vs_network_table(folder: Path, runs: Sequence[Mapping]) -> tuple[list[str], dict]:
+    (results,) = runs
+    cfg, n_test = results["config"], n_test_of(results)
+    n_train, n_val = train_val_sizes(cfg)
+    header = [f"{n_train:,} training images", "test accuracy (%, ± s.e.)", "chosen on validation", "wall time (s)"]
+    rows, numbers = [], {}
+    for kind, entry in results["kernels_vs_network"].items():
+        net = entry["network"]
+        rows.append([f"{kind.upper()} network", percent_se(net["selected_test_acc"], n_test),
+                     f"epoch {net['selected_epoch']} of {net['epochs_run']}", f"{net['wall_time_s']:.0f}"])
+        numbers[f"{kind} network"] = net["selected_test_acc"]
+        for name, fit in entry["kernels"].items():
+            rows.append([f"{kind.upper()} kernel ridge, {KERNEL_LABELS.get(name, name)}",
+                         percent_se(fit["accuracy"], n_test), f"ridge {fit['fit']['param_relative']:g} x tr(K)/N",
+                         f"{sum(fit['seconds'].values()):.0f}"])
+            numbers[f"{kind} {name}"] = fit["accuracy"]
+    total = sum(t["seconds"] for t in results["timings"])
+    source = (f"Source: `{folder.as_posix()}/results.json`; {cfg['dataset']}, {n_train:,} training, {n_val:,} "
+              f"validation and {n_test:,} test images; {cfg['family']} {'-'.join(map(str, cfg['widths']))}, "
+              f"{cfg['optimizer']} {cfg['lr']}, batch {cfg['batch_size']}, at most {cfg['epochs']} epochs, patience "
+              f"{cfg['patience']}; Grams {cfg['gram_dtype']} on disk, CG tolerance {cfg['cg_tol']:g} with "
+              f"{cfg['landmarks']} Nyström landmarks. All stages {total:,.0f} s, peak anonymous memory "
+              f"{results['peak_anon'] / 2**30:.2f} GiB.")
+    return markdown(header, rows) + ["", source], numbers
+
+
+BUILDERS = {"dnn-dgn-dlgn": dnn_dgn_dlgn_table, "regimes": regimes_table, "kernels-vs-network": kernels_vs_network_table}
 
 
 def build(results_root: Path, name: str) -> tuple[list[str], dict]:

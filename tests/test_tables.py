@@ -79,6 +79,30 @@ def test_the_regimes_table_has_the_papers_order_ratios_to_relu_and_the_2020_row(
     assert lines[7].endswith("| 0.835 | 0.835 | 0.960 | 0.992 | 1 |")            # 67.09 / 80.32, ..., 79.68 / 80.32
 
 
+def test_a_kernels_vs_network_table_has_one_row_per_network_and_kernel_with_binomial_errors(tmp_path):
+    """One run in results/<name>/results.json (no seed folders): 0.84 on 10,000 test images has the standard
+    error sqrt(0.84 * 0.16 / 10,000) = 0.37 points; the sizes come from the full 60,000 split 54,000 + 6,000."""
+    fit = {"accuracy": 0.84, "fit": {"param_relative": 0.1}, "seconds": {"gram train": 100.0, "fit": 20.5}}
+    net = {"selected_test_acc": 0.9, "selected_epoch": 12, "epochs_run": 18, "wall_time_s": 300.0}
+    cfg = {"dataset": "fashion-mnist", "n_train": None, "n_test": None, "val_fraction": 0.1, "family": "fc",
+           "widths": [256, 256], "optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epochs": 40, "patience": 6,
+           "gram_dtype": "float32", "cg_tol": 1e-6, "landmarks": 4000}
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({
+        "experiment": "kernels-vs-network", "finished": True, "config": cfg, "peak_anon": 3 * 2**30,
+        "kernels_vs_network": {"dnn": {"network": net, "kernels": {"npk-learnt": fit, "ntk-inf": fit}}},
+        "timings": [{"seconds": 300.0}, {"seconds": 120.5}, {"seconds": 120.5}]}))
+    lines, numbers = build(tmp_path, "fashion-mnist")
+    assert lines[0] == "| 54,000 training images | test accuracy (%, ± s.e.) | chosen on validation | wall time (s) |"
+    assert lines[2] == "| DNN network | 90.00 ± 0.30 | epoch 12 of 18 | 300 |"
+    assert lines[3] == "| DNN kernel ridge, NPK of the learnt gates | 84.00 ± 0.37 | ridge 0.1 x tr(K)/N | 120 |"
+    assert lines[4].startswith("| DNN kernel ridge, infinite-width NTK of the same depth |")
+    assert "54,000 training, 6,000 validation and 10,000 test images" in lines[-1]
+    assert "All stages 541 s, peak anonymous memory 3.00 GiB." in lines[-1]
+    assert numbers == {"dnn network": 0.9, "dnn npk-learnt": 0.84, "dnn ntk-inf": 0.84}
+
+
 def test_a_table_without_finished_seeds_says_so(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- npk-table: cifar10/regimes -->\n<!-- /npk-table -->\n")
