@@ -39,7 +39,9 @@ def load_seeds(folder: Path) -> list[dict]:
     whose results.json is in `folder` itself)."""
     runs = []
     paths = sorted(folder.glob("seed-*/results.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-    for path in paths or [folder / "results.json"] * (folder / "results.json").exists():
+    if not paths and (folder / "results.json").exists():
+        paths = [folder / "results.json"]
+    for path in paths:
         results = json.loads(path.read_text())
         if results.get("finished"):
             runs.append(results)
