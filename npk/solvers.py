@@ -91,11 +91,36 @@ class StreamedGram:
             with open(self._path, "rb") as f:
                 f.seek(self._offset + start * M * item)
                 out = np.fromfile(f, dtype=self.dtype, count=(stop - start) * M).astype(np.float64).reshape(-1, M)
-        if not self._checked and not np.isfinite(out).all():
-            bad = np.argwhere(~np.isfinite(out))[0]
+        self._check_finite(out, start)
+        return out
+
+    def _check_finite(self, block: np.ndarray, start: int) -> None:
+        if not self._checked and not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(block))[0]
             raise ValueError(f"{self.name} contains NaN or inf (first at row {start + bad[0]}, column {bad[1]}); "
                              f"recompute the Gram")
-        return out
+
+    def blocks(self):
+        """(start, K[start:start + block]) as float64 for every row block in order. A file is read into two
+        buffers reused for every block (a fresh 64 MiB array per block costs a page fault per 4 KiB) and
+        converted by torch on all its threads; each yielded block is overwritten by the next."""
+        n, M = self.shape
+        if self._path is None:
+            for start in range(0, n, self.block):
+                yield start, self.rows(start, min(n, start + self.block))
+            return
+        raw = np.empty((min(n, self.block), M), self.dtype)
+        wide = torch.empty(raw.shape, dtype=torch.float64)
+        with open(self._path, "rb") as f:
+            f.seek(self._offset)
+            for start in range(0, n, self.block):
+                k = min(n, start + self.block) - start
+                if f.readinto(memoryview(raw[:k]).cast("B")) != raw[:k].nbytes:
+                    raise ValueError(f"{self.name}: {self._path} ends before row {start + k} of its {n} rows; "
+                                     f"the file is truncated: recompute the Gram")
+                block = wide[:k].copy_(torch.from_numpy(raw[:k])).numpy()
+                self._check_finite(block, start)
+                yield start, block
 
     def diagonal(self) -> np.ndarray:
         """diag(K) of a square Gram, read entry by entry."""
@@ -119,11 +144,10 @@ class StreamedGram:
         wanted = torch.ones(n, dtype=torch.bool) if rows is None else torch.from_numpy(np.isin(np.arange(n), rows))
         PT = P.T.contiguous()
         parts = []
-        for start in range(0, n, self.block):
-            stop = min(n, start + self.block)
-            keep = wanted[start:stop]
+        for start, block in self.blocks():
+            keep = wanted[start:start + len(block)]
             if keep.any():
-                product = (PT @ torch.from_numpy(self.rows(start, stop)).T).T    # whole block: cheaper than a copy
+                product = (PT @ torch.from_numpy(block).T).T                    # whole block: cheaper than a copy
                 parts.append(product if keep.all() else product[keep])
         self.passes += 1
         self._checked = self._checked or rows is None

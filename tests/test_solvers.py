@@ -89,6 +89,24 @@ def test_auto_streams_when_the_dense_path_would_not_fit(disk, monkeypatch):
         kernel_svm(train, y, test, yt)
 
 
+def test_a_pass_over_a_file_in_reused_blocks_is_the_dense_product_and_a_truncated_file_is_named(tmp_path, disk):
+    """Blocks of 7 rows (the last one partial) read into reused buffers give K[rows] @ P as the in-memory
+    product does, to float64 rounding; a file cut short after it was opened stops the pass with its name."""
+    K = disk[4]
+    train = tmp_path / "train.npy"
+    np.save(train, K.astype(np.float32))
+    G = StreamedGram(train, block_bytes=7 * 8 * K.shape[1])
+    P = torch.randn(K.shape[1], 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rows = np.sort(np.random.default_rng(0).choice(len(K), 300, replace=False))
+    assert G.block == 7 and len(K) % 7 != 0
+    assert relative(G.matmul(P).numpy(), K @ P.numpy()) < 1e-14
+    assert relative(G.matmul(P, rows).numpy(), K[rows] @ P.numpy()) < 1e-14
+    with open(train, "r+b") as f:
+        f.truncate(train.stat().st_size - 4 * K.shape[1])                  # the last row gone
+    with pytest.raises(ValueError, match="truncated"):
+        G.matmul(P)
+
+
 def test_streamed_inputs_are_checked(tmp_path, disk):
     train, test, y, yt, K, _ = disk
     np.save(tmp_path / "rect.npy", K[:, :-1].astype(np.float32))
