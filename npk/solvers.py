@@ -26,7 +26,7 @@ K_RR ~ U diag(d) U^T with d = max(sigma^2 - nu, 0). For ridge lam,
 which maps the top m eigenvalues of K_RR + lam I to about d_m + lam, so the preconditioned condition
 number is about (d_m + lam) / lam instead of (d_1 + lam) / lam. Memory: one N m float64 buffer (built in
 place, `nystrom`, with up to three m x m matrices), plus six (|R|, L C) float64 blocks and one row block of
-the Gram.
+the Gram (its file dtype and float64 buffers, and the block's product).
 """
 from __future__ import annotations
 
