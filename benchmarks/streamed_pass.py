@@ -1,7 +1,8 @@
 """One CG pass over a Gram on disk: `StreamedGram.matmul` against the plain row-block product.
 
 The reference reads the same float32 file in 16 MiB row blocks (float64) and forms K[I, :] @ P, the product
-before the change; npk forms (P^T K[I, :]^T)^T on 64 MiB blocks (`npk.solvers` docstring). Both on all rows
+before the change; npk reads 64 MiB blocks into reused buffers and forms (P^T K[I, :]^T)^T
+(`npk.solvers` docstring). Both on all rows
 and on a 90% row subset (the fit part of a validation split), k vectors (40 = 4 ridges x 10 classes), in the
 same process, best of `--repeat`; the file is read once first, so both read from the page cache. The
 file is n x cols (a row band of a cols x cols Gram): the gain grows with cols, once P (cols x k float64) no
